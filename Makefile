@@ -1,0 +1,42 @@
+# Everything runs from a project-local virtualenv that the targets create on demand,
+# so a fresh machine with only python3 needs nothing else.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test lint typecheck unit test-slow bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m agent.demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check agent controlplane tests bench
+	$(BIN)/ruff format --check agent controlplane tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# The default suite: lint, types, unit and integration tests (slow soak/fault tests excluded).
+test: lint typecheck unit
+
+# Soak and fault runs, kept out of `make test`.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/python bench/agent_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache

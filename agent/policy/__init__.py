@@ -1,0 +1,1 @@
+"""Policy model (frozen dataclasses), YAML loader with path-precise errors, and rule evaluation."""

@@ -1,0 +1,1 @@
+"""Stanch control plane (signing, rollouts, fleet channel). Never imported by the agent."""
