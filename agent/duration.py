@@ -27,9 +27,7 @@ def parse_duration(value: object) -> float:
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     if pos != len(text) or pos == 0:
-        raise ValueError(
-            f"expected a duration like '30s', '5m', '2h' or '1h30m', got {value!r}"
-        )
+        raise ValueError(f"expected a duration like '30s', '5m', '2h' or '1h30m', got {value!r}")
     return total
 
 

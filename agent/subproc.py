@@ -9,6 +9,7 @@ neither block on a full pipe nor grow the agent's memory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
 import signal
@@ -114,8 +115,14 @@ def run_bounded(
         )
     except OSError as exc:
         reason = exc.strerror or str(exc)
-        return Outcome(argv, None, "", "", time.monotonic() - started, error=f"cannot run "
-                       f"{argv[0]!r}: {reason}")  # fmt: skip
+        return Outcome(
+            argv,
+            None,
+            "",
+            "",
+            time.monotonic() - started,
+            error=f"cannot run {argv[0]!r}: {reason}",
+        )
     out, err = _Capture(output_limit), _Capture(output_limit)
     timed_out = _pump(proc, stdin, out, err, started + timeout)
     if timed_out:
@@ -125,15 +132,26 @@ def run_bounded(
     duration = time.monotonic() - started
     truncated = bool(out.dropped or err.dropped)
     if timed_out:
-        return Outcome(argv, None, out.text(), err.text(), duration, True, truncated,
-                       f"timed out after {timeout:g}s; process group killed")  # fmt: skip
+        return Outcome(
+            argv,
+            None,
+            out.text(),
+            err.text(),
+            duration,
+            True,
+            truncated,
+            f"timed out after {timeout:g}s; process group killed",
+        )
     return Outcome(argv, proc.returncode, out.text(), err.text(), duration, False, truncated)
 
 
 def _pump(
-    proc: subprocess.Popen[bytes], stdin: bytes | None, out: _Capture, err: _Capture,
+    proc: subprocess.Popen[bytes],
+    stdin: bytes | None,
+    out: _Capture,
+    err: _Capture,
     deadline: float,
-) -> bool:  # fmt: skip
+) -> bool:
     """Feed stdin, drain stdout/stderr until both close and the child exits. True on timeout."""
     if proc.stdin is not None:
         try:
@@ -188,7 +206,5 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             continue
     # Stragglers in the group that outlived the leader still get SIGKILL.
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass

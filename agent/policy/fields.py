@@ -104,9 +104,7 @@ class Fields:
             return default if default is not _MISSING else None
         return value
 
-    def duration(
-        self, key: str, default: Any = _MISSING, minimum: float | None = None
-    ) -> Any:
+    def duration(self, key: str, default: Any = _MISSING, minimum: float | None = None) -> Any:
         value = self.get(key, default)
         if value is None or (value is default and not isinstance(value, str)):
             return value
@@ -146,7 +144,11 @@ class Fields:
             return {}
         out: dict[str, str] = {}
         for k, v in value.items():
-            if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, str | int | float):
+            if (
+                not isinstance(k, str)
+                or isinstance(v, bool)
+                or not isinstance(v, str | int | float)
+            ):
                 self.sink.add(join(self.at(key), str(k)), "expected a string value")
                 continue
             out[k] = str(v)

@@ -44,9 +44,19 @@ MAX_POLICY_FILE_BYTES = 1 << 20
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 TEMPLATE_RE = re.compile(r"\{\{\s*([A-Za-z0-9_.-]+)\s*\}\}")
 OPS = {
-    ">": ">", "gt": ">", ">=": ">=", "ge": ">=", "<": "<", "lt": "<", "<=": "<=", "le": "<=",
-    "==": "==", "eq": "==", "!=": "!=", "ne": "!=",
-}  # fmt: skip
+    ">": ">",
+    "gt": ">",
+    ">=": ">=",
+    "ge": ">=",
+    "<": "<",
+    "lt": "<",
+    "<=": "<=",
+    "le": "<=",
+    "==": "==",
+    "eq": "==",
+    "!=": "!=",
+    "ne": "!=",
+}
 DAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
 MIN_INTERVAL = 1.0
 
@@ -253,7 +263,9 @@ def _rule(f: Fields, checks: dict[str, CheckSpec]) -> Rule | None:
     if not f.ok:
         return None
     when = _condition(f.get("when"), f.at("when"), f.sink, checks)
-    unless = f.items("unless", lambda item, path: _condition(item, path, f.sink, checks))
+    unless: list[Condition] = f.items(
+        "unless", lambda item, path: _condition(item, path, f.sink, checks)
+    )
     f.done()
     if when is None:
         return None
@@ -278,15 +290,20 @@ def _condition(
         return Not(path, item) if item is not None else None
     if combinators:
         key = combinators[0]
-        items = f.items(key, lambda i, p: _condition(i, p, sink, checks), required=True)
+        items: list[Condition] = f.items(
+            key, lambda i, p: _condition(i, p, sink, checks), required=True
+        )
         f.done()
         if not items:
             sink.add(f.at(key), "needs at least one condition")
             return None
         return AllOf(path, tuple(items)) if key == "all" else AnyOf(path, tuple(items))
     if not f.has("check"):
-        sink.add(path, "a condition needs 'check' (with 'metric'/'op'/'value' or 'state'), "
-                 "or one of 'all', 'any', 'not'")  # fmt: skip
+        sink.add(
+            path,
+            "a condition needs 'check' (with 'metric'/'op'/'value' or 'state'), "
+            "or one of 'all', 'any', 'not'",
+        )
         return None
     check = f.string("check")
     spec = checks.get(check) if isinstance(check, str) else None
@@ -310,8 +327,11 @@ def _condition(
     if spec is not None and isinstance(metric, str):
         known = CHECK_TYPES[spec.type].metrics
         if known is not None and metric not in known:
-            f.error("metric", f"check {check!r} ({spec.type}) has no metric {metric!r}; "
-                    f"known: {', '.join(sorted(known))}")  # fmt: skip
+            f.error(
+                "metric",
+                f"check {check!r} ({spec.type}) has no metric {metric!r}; "
+                f"known: {', '.join(sorted(known))}",
+            )
     if clear is not None:
         if op not in (">", ">=", "<", "<="):
             f.error("clear", "'clear' (hysteresis) needs an ordering op: >, >=, < or <=")
@@ -353,8 +373,11 @@ def _step(raw: Any, path: str, sink: ErrorSink, checks: dict[str, CheckSpec]) ->
         if not isinstance(run, str):
             f.error("run", "with shell: true, 'run' is one string (the script for /bin/sh -c)")
         elif TEMPLATE_RE.search(run):
-            f.error("run", "check values cannot be templated into a shell string; use an argv "
-                    "list (shell: false) so each value stays one argument")  # fmt: skip
+            f.error(
+                "run",
+                "check values cannot be templated into a shell string; use an argv "
+                "list (shell: false) so each value stays one argument",
+            )
         else:
             argv = (run,)
     elif isinstance(run, list) and run and all(isinstance(a, str | int | float) for a in run):
@@ -362,8 +385,11 @@ def _step(raw: Any, path: str, sink: ErrorSink, checks: dict[str, CheckSpec]) ->
         for i, arg in enumerate(argv):
             _check_template(arg, join(f.at("run"), i), sink, checks)
     elif run is not None:
-        f.error("run", "expected an argv list such as ['systemctl', 'restart', 'nginx'] "
-                "(set shell: true to run a shell string)")  # fmt: skip
+        f.error(
+            "run",
+            "expected an argv list such as ['systemctl', 'restart', 'nginx'] "
+            "(set shell: true to run a shell string)",
+        )
     if cwd is not None and not cwd.startswith("/"):
         f.error("cwd", "must be an absolute path")
     if not argv or not isinstance(name, str):
@@ -378,18 +404,26 @@ def _check_template(arg: str, path: str, sink: ErrorSink, checks: dict[str, Chec
             sink.add(path, "malformed template; write '{{ check.metric }}'")
         return
     if len(matches) > 1 or matches[0].span() != (0, len(arg)):
-        sink.add(path, "a template must be the whole argument ('{{ check.metric }}'), "
-                 "never spliced into a larger string")  # fmt: skip
+        sink.add(
+            path,
+            "a template must be the whole argument ('{{ check.metric }}'), "
+            "never spliced into a larger string",
+        )
         return
     ref = matches[0].group(1)
     check, _, metric = ref.partition(".")
     if check not in checks or not metric:
-        sink.add(path, f"template {ref!r} must name a check of this policy and a metric "
-                 f"(known checks: {', '.join(checks)})")  # fmt: skip
+        sink.add(
+            path,
+            f"template {ref!r} must name a check of this policy and a metric "
+            f"(known checks: {', '.join(checks)})",
+        )
         return
     known = CHECK_TYPES[checks[check].type].metrics
     if known is not None and metric not in known:
-        sink.add(path, f"check {check!r} has no metric {metric!r}; known: {', '.join(sorted(known))}")
+        sink.add(
+            path, f"check {check!r} has no metric {metric!r}; known: {', '.join(sorted(known))}"
+        )
 
 
 def _verification(f: Fields) -> Verification:
@@ -477,8 +511,13 @@ def _check_unique_names(result: LoadResult) -> None:
     unique = []
     for policy in result.policies:
         if policy.name in seen:
-            result.errors.append(FieldError(policy.source, "metadata.name",
-                f"policy {policy.name!r} is already defined in {seen[policy.name]}"))  # fmt: skip
+            result.errors.append(
+                FieldError(
+                    policy.source,
+                    "metadata.name",
+                    f"policy {policy.name!r} is already defined in {seen[policy.name]}",
+                )
+            )
             result.failed_files.add(policy.source)
             continue
         seen[policy.name] = policy.source
