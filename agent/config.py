@@ -1,0 +1,115 @@
+"""The agent's own configuration (``/etc/stanch/agent.yaml``), parsed like a policy: typed,
+frozen, every error reported with its path. Passed in explicitly; there is no global config."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.engine.guardrails import StormGuard
+from agent.errors import ConfigError
+from agent.policy.fields import ErrorSink, Fields
+
+CONFIG_KIND = "AgentConfig"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    policies_dir: Path
+    state_dir: Path
+    host_id: str = field(default_factory=socket.gethostname)
+    labels: dict[str, str] = field(default_factory=dict)
+    root: Path = Path("/")
+    max_concurrency: int = 2
+    max_runs_per_hour: int = 20
+    storm: StormGuard = StormGuard()
+    default_sinks: tuple[str, ...] = ()
+    sinks: dict[str, Any] = field(default_factory=dict)
+    """Sink name -> parsed sink config (see ``agent.notify``)."""
+    check_workers: int = 4
+    housekeeping_interval: float = 600.0
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / "state.db"
+
+    @property
+    def pause_path(self) -> Path:
+        return self.state_dir / "pause.json"
+
+
+def load_config(path: str | Path, **overrides: Any) -> AgentConfig:
+    file = str(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as exc:
+        raise ConfigError([_error(file, f"cannot read: {exc.strerror}")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([_error(file, f"invalid YAML: {exc}")]) from None
+    return parse_config(raw, file, **overrides)
+
+
+def parse_config(raw: object, file: str = "<config>", **overrides: Any) -> AgentConfig:
+    """Build an AgentConfig; ``overrides`` (from command-line flags) win over the file."""
+    from agent.notify import parse_sinks
+
+    sink = ErrorSink(file)
+    f = Fields(raw, "", sink)
+    api = f.string("apiVersion", "stanch.dev/v1")
+    if api != "stanch.dev/v1":
+        f.error("apiVersion", f"unsupported apiVersion {api!r}; use stanch.dev/v1")
+    kind = f.string("kind", CONFIG_KIND)
+    if kind != CONFIG_KIND:
+        f.error("kind", f"expected {CONFIG_KIND!r}")
+    host = f.section("host")
+    host_id = host.string("id", socket.gethostname())
+    labels = host.str_map("labels")
+    host.done()
+    policies = f.string("policies", "/etc/stanch/policies")
+    state = f.string("state_dir", "/var/lib/stanch")
+    root = f.string("root", "/")
+    limits = f.section("limits")
+    max_concurrency = limits.integer("max_concurrency", 2, minimum=1)
+    max_per_hour = limits.integer("max_runs_per_hour", 20, minimum=1)
+    check_workers = limits.integer("check_workers", 4, minimum=1)
+    limits.done()
+    storm = f.section("storm")
+    guard = StormGuard(storm.number("percent", 50.0, minimum=0), storm.integer("min_firing", 3))
+    storm.done()
+    esc = f.section("escalation")
+    default_sinks = esc.str_list("default_sinks", ())
+    esc.done()
+    sinks = parse_sinks(f.get("sinks", {}), f.at("sinks"), sink)
+    f.done()
+    for name in default_sinks:
+        if name not in sinks:
+            sink.add("escalation.default_sinks", f"no sink named {name!r} under sinks")
+    if sink.errors:
+        raise ConfigError(sink.errors)
+    values: dict[str, Any] = {
+        "policies_dir": Path(policies),
+        "state_dir": Path(state),
+        "host_id": host_id,
+        "labels": labels,
+        "root": Path(root),
+        "max_concurrency": max_concurrency,
+        "max_runs_per_hour": max_per_hour,
+        "storm": guard,
+        "default_sinks": default_sinks,
+        "sinks": sinks,
+        "check_workers": check_workers,
+    }
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    for key in ("policies_dir", "state_dir", "root"):
+        values[key] = Path(values[key])
+    return AgentConfig(**values)
+
+
+def _error(file: str, problem: str) -> Any:
+    from agent.errors import FieldError
+
+    return FieldError(file, "", problem)

@@ -1,0 +1,528 @@
+"""The agent's durable state: one SQLite file in WAL mode with synchronous=FULL.
+
+What lives here, and why it must survive a crash:
+- ``executions``: the intent is inserted and committed *before* the first command runs. A row still
+  ``running`` at start-up was interrupted by a crash; it is marked ``interrupted``, counts against
+  the budget like any attempt, is reported, and is never re-run blindly.
+- ``decisions``: every decision with the values seen and the reason (acted, suppressed, observed).
+  Identical consecutive decisions are folded into one row with a repeat count, so a policy held in
+  cooldown for an hour is one row, not 3,600.
+- ``approvals``, ``breakers``, ``escalations``: guardrail state that must not reset on restart.
+- ``notifications``: the durable escalation queue, delivered with retry and backoff.
+- ``policy_state``: the live status snapshot that ``stanch-agent status`` reads.
+
+The schema is versioned from the first day; ``MIGRATIONS`` only ever grows, and the file is copied
+aside before an upgrade.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE decisions (
+        id INTEGER PRIMARY KEY, policy TEXT NOT NULL, at REAL NOT NULL, last_at REAL NOT NULL,
+        repeat INTEGER NOT NULL DEFAULT 1, outcome TEXT NOT NULL, reason TEXT NOT NULL,
+        message TEXT NOT NULL, until REAL, observed TEXT NOT NULL, why TEXT NOT NULL,
+        execution_id TEXT);
+    CREATE INDEX decisions_by_policy ON decisions (policy, id);
+    CREATE TABLE executions (
+        id TEXT PRIMARY KEY, policy TEXT NOT NULL, decision_id INTEGER, started_at REAL NOT NULL,
+        finished_at REAL, status TEXT NOT NULL, steps TEXT NOT NULL DEFAULT '[]',
+        verification TEXT NOT NULL DEFAULT '', observed TEXT NOT NULL DEFAULT '{}',
+        error TEXT, approval_id TEXT, reported INTEGER NOT NULL DEFAULT 0);
+    CREATE INDEX executions_by_policy ON executions (policy, started_at);
+    CREATE INDEX executions_by_status ON executions (status);
+    CREATE TABLE approvals (
+        id TEXT PRIMARY KEY, policy TEXT NOT NULL, created_at REAL NOT NULL,
+        expires_at REAL NOT NULL, status TEXT NOT NULL, decided_by TEXT NOT NULL DEFAULT '',
+        decided_at REAL, message TEXT NOT NULL DEFAULT '');
+    CREATE INDEX approvals_by_policy ON approvals (policy, created_at);
+    CREATE TABLE breakers (
+        policy TEXT PRIMARY KEY, failures INTEGER NOT NULL, opened_at REAL);
+    CREATE TABLE escalations (
+        policy TEXT NOT NULL, reason TEXT NOT NULL, at REAL NOT NULL,
+        PRIMARY KEY (policy, reason));
+    CREATE TABLE notifications (
+        id INTEGER PRIMARY KEY, sink TEXT NOT NULL, payload TEXT NOT NULL,
+        created_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_at REAL NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending', last_error TEXT, delivered_at REAL);
+    CREATE INDEX notifications_due ON notifications (status, next_at);
+    CREATE TABLE policy_state (
+        policy TEXT PRIMARY KEY, updated_at REAL NOT NULL, state TEXT NOT NULL);
+    CREATE TABLE agent_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+)
+
+KEEP_DECISIONS_PER_POLICY = 500
+KEEP_EXECUTIONS_PER_POLICY = 500
+KEEP_NOTIFICATIONS_SECONDS = 7 * 86400
+
+
+@dataclass(frozen=True)
+class ExecutionRow:
+    id: str
+    policy: str
+    started_at: float
+    finished_at: float | None
+    status: str
+    steps: list[dict[str, Any]]
+    verification: str
+    observed: dict[str, Any]
+    error: str | None
+
+
+@dataclass(frozen=True)
+class DecisionRow:
+    id: int
+    policy: str
+    at: float
+    last_at: float
+    repeat: int
+    outcome: str
+    reason: str
+    message: str
+    until: float | None
+    observed: dict[str, Any]
+    why: list[str]
+    execution_id: str | None
+
+
+@dataclass(frozen=True)
+class NotificationRow:
+    id: int
+    sink: str
+    payload: dict[str, Any]
+    attempts: int
+    created_at: float
+
+
+class Journal:
+    """Thread-safe access to the state file. One connection, one lock: writes are small and
+    rare (only when a policy fires), and readers in other processes use WAL snapshots."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            str(self.path), timeout=10.0, check_same_thread=False, isolation_level=None
+        )
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._last_decision: dict[str, tuple[int, str, str]] = {}
+        self._migrate()
+
+    # ---- plumbing ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._db.execute(sql, args).fetchall())
+
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        current = self.schema_version()
+        if current > len(MIGRATIONS):
+            raise RuntimeError(
+                f"{self.path}: state schema v{current} is newer than this agent "
+                f"(v{len(MIGRATIONS)}); upgrade the agent or move the state file aside"
+            )
+        if current == len(MIGRATIONS):
+            return
+        if current > 0:
+            shutil.copy2(self.path, self.path.with_suffix(f".v{current}.bak"))
+        for version in range(current, len(MIGRATIONS)):
+            with self._tx() as db:
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {version + 1}")
+
+    # ---- decisions ---------------------------------------------------------------------------
+
+    def record_decision(
+        self,
+        policy: str,
+        at: float,
+        outcome: str,
+        reason: str,
+        message: str,
+        observed: Mapping[str, Any],
+        why: Sequence[str],
+        until: float | None = None,
+        execution_id: str | None = None,
+    ) -> int:
+        """Insert a decision, or fold it into the previous one when outcome and reason repeat
+        (actions are never folded: each is its own record)."""
+        obs = json.dumps(dict(observed), default=str)
+        why_json = json.dumps(list(why))
+        last = self._last_decision.get(policy)
+        with self._tx() as db:
+            if last is not None and last[1:] == (outcome, reason) and execution_id is None:
+                db.execute(
+                    "UPDATE decisions SET repeat = repeat + 1, last_at = ?, message = ?, "
+                    "until = ?, observed = ?, why = ? WHERE id = ?",
+                    (at, message, until, obs, why_json, last[0]),
+                )
+                return last[0]
+            cur = db.execute(
+                "INSERT INTO decisions (policy, at, last_at, outcome, reason, message, until, "
+                "observed, why, execution_id) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (policy, at, at, outcome, reason, message, until, obs, why_json, execution_id),
+            )
+            row_id = int(cur.lastrowid or 0)
+        self._last_decision[policy] = (row_id, outcome, reason)
+        return row_id
+
+    def forget_last_decision(self, policy: str) -> None:
+        """Start a fresh row for the next decision (after the problem cleared, say)."""
+        self._last_decision.pop(policy, None)
+
+    def decisions(self, policy: str | None = None, limit: int = 20) -> list[DecisionRow]:
+        where, args = ("WHERE policy = ?", [policy]) if policy else ("", [])
+        rows = self._query(
+            f"SELECT * FROM decisions {where} ORDER BY id DESC LIMIT ?", [*args, limit]
+        )
+        return [
+            DecisionRow(
+                r["id"],
+                r["policy"],
+                r["at"],
+                r["last_at"],
+                r["repeat"],
+                r["outcome"],
+                r["reason"],
+                r["message"],
+                r["until"],
+                json.loads(r["observed"]),
+                json.loads(r["why"]),
+                r["execution_id"],
+            )
+            for r in rows
+        ]
+
+    # ---- executions (intent before action) ---------------------------------------------------
+
+    def begin_execution(
+        self,
+        policy: str,
+        at: float,
+        decision_id: int | None,
+        observed: Mapping[str, Any],
+        approval_id: str | None = None,
+    ) -> str:
+        """Write and commit (fsync) the intent. Only after this returns may a command run."""
+        execution_id = uuid.uuid4().hex[:16]
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO executions (id, policy, decision_id, started_at, status, observed, "
+                "approval_id) VALUES (?,?,?,?, 'running', ?, ?)",
+                (
+                    execution_id,
+                    policy,
+                    decision_id,
+                    at,
+                    json.dumps(dict(observed), default=str),
+                    approval_id,
+                ),
+            )
+            if approval_id:
+                db.execute("UPDATE approvals SET status = 'used' WHERE id = ?", (approval_id,))
+        return execution_id
+
+    def record_steps(self, execution_id: str, steps: Sequence[Mapping[str, Any]]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE executions SET steps = ? WHERE id = ?",
+                (json.dumps(list(steps), default=str), execution_id),
+            )
+
+    def finish_execution(
+        self,
+        execution_id: str,
+        at: float,
+        status: str,
+        verification: str,
+        error: str | None = None,
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE executions SET finished_at = ?, status = ?, verification = ?, error = ? "
+                "WHERE id = ?",
+                (at, status, verification, error, execution_id),
+            )
+
+    def recover_interrupted(self, at: float) -> list[ExecutionRow]:
+        """Mark executions left ``running`` by a crash as ``interrupted``; return them."""
+        with self._tx() as db:
+            rows = db.execute("SELECT * FROM executions WHERE status = 'running'").fetchall()
+            db.execute(
+                "UPDATE executions SET status = 'interrupted', finished_at = ?, "
+                "error = 'agent stopped before the result was recorded; not re-run' "
+                "WHERE status = 'running'",
+                (at,),
+            )
+        return [self._execution(r) for r in rows]
+
+    def attempts_since(self, policy: str, since: float) -> tuple[float, ...]:
+        rows = self._query(
+            "SELECT started_at FROM executions WHERE policy = ? AND started_at > ?",
+            (policy, since),
+        )
+        return tuple(r[0] for r in rows)
+
+    def host_attempts_since(self, since: float) -> tuple[float, ...]:
+        rows = self._query("SELECT started_at FROM executions WHERE started_at > ?", (since,))
+        return tuple(r[0] for r in rows)
+
+    def executions(self, policy: str | None = None, limit: int = 20) -> list[ExecutionRow]:
+        where, args = ("WHERE policy = ?", [policy]) if policy else ("", [])
+        rows = self._query(
+            f"SELECT * FROM executions {where} ORDER BY started_at DESC LIMIT ?", [*args, limit]
+        )
+        return [self._execution(r) for r in rows]
+
+    def execution(self, execution_id: str) -> ExecutionRow | None:
+        rows = self._query("SELECT * FROM executions WHERE id = ?", (execution_id,))
+        return self._execution(rows[0]) if rows else None
+
+    @staticmethod
+    def _execution(r: sqlite3.Row) -> ExecutionRow:
+        return ExecutionRow(
+            r["id"],
+            r["policy"],
+            r["started_at"],
+            r["finished_at"],
+            r["status"],
+            json.loads(r["steps"]),
+            r["verification"],
+            json.loads(r["observed"]),
+            r["error"],
+        )
+
+    # ---- breakers ----------------------------------------------------------------------------
+
+    def breaker(self, policy: str) -> tuple[int, float | None]:
+        rows = self._query("SELECT failures, opened_at FROM breakers WHERE policy = ?", (policy,))
+        return (rows[0][0], rows[0][1]) if rows else (0, None)
+
+    def set_breaker(self, policy: str, failures: int, opened_at: float | None) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO breakers (policy, failures, opened_at) VALUES (?,?,?) "
+                "ON CONFLICT (policy) DO UPDATE SET failures = ?, opened_at = ?",
+                (policy, failures, opened_at, failures, opened_at),
+            )
+
+    def reset_breaker(self, policy: str) -> bool:
+        with self._tx() as db:
+            return db.execute("DELETE FROM breakers WHERE policy = ?", (policy,)).rowcount > 0
+
+    # ---- approvals ---------------------------------------------------------------------------
+
+    def create_approval(self, policy: str, at: float, expires_at: float, message: str) -> str:
+        approval_id = uuid.uuid4().hex[:8]
+        with self._tx() as db:
+            db.execute(
+                "UPDATE approvals SET status = 'expired' WHERE policy = ? AND status = 'pending'",
+                (policy,),
+            )
+            db.execute(
+                "INSERT INTO approvals (id, policy, created_at, expires_at, status, message) "
+                "VALUES (?,?,?,?, 'pending', ?)",
+                (approval_id, policy, at, expires_at, message),
+            )
+        return approval_id
+
+    def latest_approval(self, policy: str) -> sqlite3.Row | None:
+        rows = self._query(
+            "SELECT * FROM approvals WHERE policy = ? AND status != 'used' "
+            "ORDER BY created_at DESC LIMIT 1",
+            (policy,),
+        )
+        return rows[0] if rows else None
+
+    def decide_approval(self, approval_id: str, approve: bool, by: str, at: float) -> str:
+        """Approve or reject a pending request. Returns the policy name; raises LookupError
+        with a message an operator can act on."""
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM approvals WHERE id = ?", (approval_id,)).fetchone()
+            if row is None:
+                raise LookupError(
+                    f"no approval request {approval_id!r}; see `stanch-agent approvals`"
+                )
+            if row["status"] != "pending":
+                raise LookupError(f"approval {approval_id} is already {row['status']}")
+            if row["expires_at"] <= at:
+                db.execute("UPDATE approvals SET status = 'expired' WHERE id = ?", (approval_id,))
+                raise LookupError(
+                    f"approval {approval_id} expired; the agent will ask again if "
+                    "the problem persists"
+                )
+            db.execute(
+                "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ? WHERE id = ?",
+                ("approved" if approve else "rejected", by, at, approval_id),
+            )
+            return str(row["policy"])
+
+    def approvals(self, status: str | None = "pending") -> list[sqlite3.Row]:
+        if status is None:
+            return self._query("SELECT * FROM approvals ORDER BY created_at DESC LIMIT 50")
+        return self._query(
+            "SELECT * FROM approvals WHERE status = ? ORDER BY created_at DESC", (status,)
+        )
+
+    # ---- escalations and the notification queue ----------------------------------------------
+
+    def should_escalate(self, policy: str, reason: str, at: float, repeat: float) -> bool:
+        """True (and remembered) when this reason was not escalated within ``repeat`` seconds."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT at FROM escalations WHERE policy = ? AND reason = ?", (policy, reason)
+            ).fetchone()
+            if row is not None and row[0] > at - repeat:
+                return False
+            db.execute(
+                "INSERT INTO escalations (policy, reason, at) VALUES (?,?,?) "
+                "ON CONFLICT (policy, reason) DO UPDATE SET at = ?",
+                (policy, reason, at, at),
+            )
+            return True
+
+    def clear_escalations(self, policy: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM escalations WHERE policy = ?", (policy,))
+
+    def enqueue_notification(self, sink: str, payload: Mapping[str, Any], at: float) -> int:
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO notifications (sink, payload, created_at, next_at) VALUES (?,?,?,?)",
+                (sink, json.dumps(dict(payload), default=str), at, at),
+            )
+            return int(cur.lastrowid or 0)
+
+    def due_notifications(self, at: float, limit: int = 20) -> list[NotificationRow]:
+        rows = self._query(
+            "SELECT * FROM notifications WHERE status = 'pending' AND next_at <= ? "
+            "ORDER BY id LIMIT ?",
+            (at, limit),
+        )
+        return [
+            NotificationRow(
+                r["id"], r["sink"], json.loads(r["payload"]), r["attempts"], r["created_at"]
+            )
+            for r in rows
+        ]
+
+    def next_notification_at(self) -> float | None:
+        rows = self._query("SELECT MIN(next_at) FROM notifications WHERE status = 'pending'")
+        return rows[0][0] if rows and rows[0][0] is not None else None
+
+    def mark_notification(
+        self,
+        notification_id: int,
+        status: str,
+        at: float,
+        next_at: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        """``status``: delivered, pending (retry at ``next_at``) or failed (gave up)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE notifications SET status = ?, attempts = attempts + 1, "
+                "next_at = COALESCE(?, next_at), last_error = ?, "
+                "delivered_at = CASE WHEN ? = 'delivered' THEN ? ELSE delivered_at END "
+                "WHERE id = ?",
+                (status, next_at, error, status, at, notification_id),
+            )
+
+    def notifications(self, limit: int = 50) -> list[sqlite3.Row]:
+        return self._query("SELECT * FROM notifications ORDER BY id DESC LIMIT ?", (limit,))
+
+    # ---- live status snapshot ----------------------------------------------------------------
+
+    def put_policy_state(self, policy: str, at: float, state: Mapping[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO policy_state (policy, updated_at, state) VALUES (?,?,?) "
+                "ON CONFLICT (policy) DO UPDATE SET updated_at = ?, state = ?",
+                (
+                    policy,
+                    at,
+                    json.dumps(dict(state), default=str),
+                    at,
+                    json.dumps(dict(state), default=str),
+                ),
+            )
+
+    def drop_policy_states(self, keep: Sequence[str]) -> None:
+        marks = ",".join("?" * len(keep))
+        with self._tx() as db:
+            db.execute(f"DELETE FROM policy_state WHERE policy NOT IN ({marks})", tuple(keep))
+
+    def policy_states(self) -> dict[str, dict[str, Any]]:
+        rows = self._query("SELECT policy, updated_at, state FROM policy_state ORDER BY policy")
+        return {r[0]: {**json.loads(r[2]), "updated_at": r[1]} for r in rows}
+
+    def put_agent_state(self, values: Mapping[str, Any]) -> None:
+        with self._tx() as db:
+            for key, value in values.items():
+                db.execute(
+                    "INSERT INTO agent_state (key, value) VALUES (?,?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = ?",
+                    (key, json.dumps(value), json.dumps(value)),
+                )
+
+    def agent_state(self) -> dict[str, Any]:
+        return {r[0]: json.loads(r[1]) for r in self._query("SELECT key, value FROM agent_state")}
+
+    # ---- retention ---------------------------------------------------------------------------
+
+    def prune(self, at: float) -> None:
+        """Keep the journal bounded: the newest rows per policy, delivered notifications for a
+        week. Runs from the agent's housekeeping timer."""
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM decisions WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() "
+                "OVER (PARTITION BY policy ORDER BY id DESC) AS n FROM decisions) WHERE n > ?)",
+                (KEEP_DECISIONS_PER_POLICY,),
+            )
+            db.execute(
+                "DELETE FROM executions WHERE status != 'running' AND id IN (SELECT id FROM "
+                "(SELECT id, ROW_NUMBER() OVER (PARTITION BY policy ORDER BY started_at DESC) "
+                "AS n FROM executions) WHERE n > ?)",
+                (KEEP_EXECUTIONS_PER_POLICY,),
+            )
+            db.execute(
+                "DELETE FROM notifications WHERE status != 'pending' AND created_at < ?",
+                (at - KEEP_NOTIFICATIONS_SECONDS,),
+            )
