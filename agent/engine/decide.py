@@ -42,8 +42,11 @@ class Facts:
     attempts: tuple[float, ...] = ()
     """Start times of this policy's attempts (every attempt counts: failed, interrupted too)."""
     in_progress: bool = False
+    paused: bool = False
     paused_until: float | None = None
+    """None with ``paused``: until someone runs ``stanch-agent resume``."""
     pause_scope: str = ""
+    pause_reason: str = ""
     storm: bool = False
     storm_detail: str = ""
     breaker_failures: int = 0
@@ -78,12 +81,11 @@ def decide(policy: Policy, ev: Evaluation, facts: Facts) -> Decision:
     g = policy.guardrails
     if facts.in_progress:
         return _suppress("in_progress", "a remediation for this policy is already running")
-    if facts.paused_until is not None and facts.paused_until > now:
-        return _suppress(
-            "paused",
-            f"paused ({facts.pause_scope}) until {clock_text(facts.paused_until)}",
-            facts.paused_until,
-        )
+    if facts.paused:
+        until = facts.paused_until
+        why = f" ({facts.pause_reason})" if facts.pause_reason else ""
+        when = f"until {clock_text(until)}" if until is not None else "until resumed"
+        return _suppress("paused", f"kill switch: paused {facts.pause_scope} {when}{why}", until)
     window = active_window(g.maintenance, now)
     if window is not None:
         end = window_end(window, now)

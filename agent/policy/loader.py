@@ -295,7 +295,8 @@ def _condition(
         )
         f.done()
         if not items:
-            sink.add(f.at(key), "needs at least one condition")
+            if not f.raw.get(key):
+                sink.add(f.at(key), "needs at least one condition")
             return None
         return AllOf(path, tuple(items)) if key == "all" else AnyOf(path, tuple(items))
     if not f.has("check"):

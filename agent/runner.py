@@ -1,0 +1,491 @@
+"""The agent's main loop: schedule checks, evaluate rules, apply guardrails, remediate, verify.
+
+Threads and who owns what:
+- the **main loop** (the thread that calls ``run``) owns all policy state. It schedules samples,
+  receives results through one event queue, evaluates rules, calls the pure ``decide()``, writes
+  decisions and intents, and starts remediations. Nothing else mutates policy state.
+- a **check pool** runs samples. A check that overruns its timeout is reported UNKNOWN and not
+  sampled again until it returns; the others keep their schedule.
+- a **remediation pool** (host-wide ``max_concurrency`` workers) runs steps and verification, then
+  posts the outcome back to the main loop.
+- the **pid watcher** posts process deaths, so a watched process is re-checked in milliseconds.
+- the **notifier** delivers escalations from the durable queue.
+
+Crash safety: the intent row is committed (fsync) before the first command; a row found
+``running`` at start-up is marked ``interrupted``, counted, escalated, and never re-run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import failpoints
+from agent.checks.base import CheckEnv, CheckResult
+from agent.checks.proctable import ProcessTable
+from agent.clock import Clock, SystemClock
+from agent.config import AgentConfig
+from agent.engine.decide import Approval, Decision, Facts, Outcome, decide
+from agent.engine.rules import Evaluation, RuleMemory, evaluate
+from agent.escalate import Escalator
+from agent.journal import Journal
+from agent.logs import log_event
+from agent.pauses import PauseFile
+from agent.pidwatch import PidWatcher
+from agent.policy.loader import load_dir
+from agent.policy.model import Policy
+from agent.remediate import CommandRunner, SubprocessRunner
+from agent.remediation import Remediation, RemediationResult
+from agent.sampling import LiveCheck, build_check, sample, timed_out
+from agent.status import StatusWriter
+
+MAX_WAIT = 1.0
+
+
+@dataclass
+class LivePolicy:
+    policy: Policy
+    checks: dict[str, LiveCheck]
+    results: dict[str, CheckResult] = field(default_factory=dict)
+    memory: RuleMemory = field(default_factory=dict)
+    firing: bool = False
+    running: str | None = None
+    """Execution id of the remediation in progress."""
+    last: Decision | None = None
+
+
+class Agent:
+    def __init__(
+        self,
+        config: AgentConfig,
+        clock: Clock | None = None,
+        runner: CommandRunner | None = None,
+        journal: Journal | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.runner = runner or SubprocessRunner()
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.journal = journal or Journal(config.journal_path)
+        self.pauses = PauseFile(config.pause_path)
+        self.processes = ProcessTable()
+        self.env = CheckEnv(root=config.root, processes=self.processes)
+        self.events: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self.policies: dict[str, LivePolicy] = {}
+        self.load_errors: list[str] = []
+        self._by_source: dict[str, list[Policy]] = {}
+        self._pid_owners: dict[int, set[tuple[str, str]]] = {}
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._check_pool = ThreadPoolExecutor(config.check_workers, "stanch-check")
+        self._fix_pool = ThreadPoolExecutor(config.max_concurrency, "stanch-fix")
+        self.watcher = PidWatcher(lambda pid: self.events.put(("pid_exit", pid)))
+        self.escalator = Escalator(config, self.journal, self.clock)
+        self.status = StatusWriter(self.journal, self.clock)
+        self.storm = False
+        self._overdue: set[tuple[str, str]] = set()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Recover from a crash, load policies, start helpers. Called by ``run``."""
+        now = self.clock.now()
+        for row in self.journal.recover_interrupted(now):
+            log_event(
+                "execution_interrupted", logging.WARNING, policy=row.policy, correlation_id=row.id
+            )
+            self.journal.record_decision(
+                row.policy,
+                now,
+                "interrupted",
+                "crash_recovery",
+                f"remediation {row.id} was interrupted by an agent stop; counted against the "
+                "budget and not re-run",
+                {},
+                [],
+                execution_id=row.id,
+            )
+            self.escalator.escalate(
+                row.policy,
+                "interrupted",
+                f"remediation {row.id} was interrupted; check the host",
+                policy=None,
+                execution_id=row.id,
+            )
+        self.reload()
+        self.escalator.start()
+        self.status.agent_started(self.config, os.getpid())
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        self.events.put(("wake",))
+
+    def request_reload(self) -> None:
+        self._reload.set()
+        self.events.put(("wake",))
+
+    def run(self, drain_timeout: float = 30.0) -> None:
+        self.start()
+        try:
+            while not self._stop.is_set():
+                if self._reload.is_set():
+                    self._reload.clear()
+                    self.reload()
+                timeout = self._schedule()
+                self._drain_events(timeout)
+                self.status.tick(self)
+        finally:
+            self.shutdown(drain_timeout)
+
+    def shutdown(self, drain_timeout: float) -> None:
+        """Stop sampling; let running remediations finish (bounded), then close everything.
+        A remediation still running at the deadline stays ``running`` in the journal and is
+        marked ``interrupted`` at the next start, never re-run."""
+        log_event("agent_stopping", running=[p for p, lp in self.policies.items() if lp.running])
+        self._check_pool.shutdown(wait=False, cancel_futures=True)
+        deadline = self.clock.monotonic() + drain_timeout
+        while any(lp.running for lp in self.policies.values()):
+            left = deadline - self.clock.monotonic()
+            if left <= 0:
+                break
+            self._drain_events(min(left, MAX_WAIT), only_remediations=True)
+        self._fix_pool.shutdown(wait=False, cancel_futures=True)
+        self.watcher.close()
+        self.escalator.stop()
+        self.status.agent_stopped()
+        log_event("agent_stopped")
+
+    # ---- policies ----------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """(Re)load policies. A file that fails validation keeps its last good version running;
+        a policy whose document did not change keeps its runtime state (memory, schedule)."""
+        result = load_dir(self.config.policies_dir)
+        self.load_errors = [str(e) for e in result.errors]
+        for error in result.errors:
+            log_event(
+                "policy_rejected",
+                logging.ERROR,
+                file=error.file,
+                path=error.path,
+                problem=error.problem,
+            )
+        by_source: dict[str, list[Policy]] = {}
+        for policy in result.policies:
+            by_source.setdefault(policy.source, []).append(policy)
+        for source in result.failed_files:
+            if source in self._by_source:
+                by_source[source] = self._by_source[source]
+                log_event("policy_kept_last_good", logging.WARNING, file=source)
+        self._by_source = by_source
+        wanted = {
+            p.name: p for ps in by_source.values() for p in ps if p.selects(self.config.labels)
+        }
+        for name in list(self.policies):
+            if name not in wanted or wanted[name].digest != self.policies[name].policy.digest:
+                self._drop(name)
+        now = self.clock.monotonic()
+        for name, policy in wanted.items():
+            if name not in self.policies:
+                checks = {s.name: build_check(name, s, self.env) for s in policy.checks}
+                for live in checks.values():
+                    live.next_due = now
+                self.policies[name] = LivePolicy(policy, checks)
+        self.journal.drop_policy_states(list(self.policies))
+        log_event("policies_loaded", policies=sorted(self.policies), errors=len(result.errors))
+
+    def _drop(self, name: str) -> None:
+        lp = self.policies.pop(name)
+        for live in lp.checks.values():
+            for pid in live.pids:
+                self._unwatch(pid, live.key)
+
+    # ---- scheduling and events -----------------------------------------------------------------
+
+    def _schedule(self) -> float:
+        """Submit due samples; return how long the loop may wait for events."""
+        now = self.clock.monotonic()
+        wall = self.clock.now()
+        next_due = now + MAX_WAIT
+        scanned = False
+        for lp in self.policies.values():
+            for live in lp.checks.values():
+                if live.inflight_since is not None:
+                    elapsed = now - live.inflight_since
+                    if elapsed > live.spec.timeout and live.key not in self._overdue:
+                        self._overdue.add(live.key)
+                        self._on_result(lp, timed_out(live, wall, elapsed))
+                    continue
+                if live.next_due <= now:
+                    if live.spec.type == "process" and not scanned:
+                        self.processes.invalidate()  # one fresh scan shared by this tick
+                        scanned = True
+                    live.inflight_since = now
+                    live.next_due = max(live.next_due + live.spec.interval, now)
+                    self._check_pool.submit(self._sample_job, live)
+                next_due = min(next_due, live.next_due)
+        return max(0.0, next_due - now)
+
+    def _sample_job(self, live: LiveCheck) -> None:
+        result = sample(live, self.clock.now())
+        self.events.put(("result", live.policy, live.spec.name, result))
+
+    def _drain_events(self, timeout: float, only_remediations: bool = False) -> None:
+        try:
+            event = self.events.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            self._handle(event, only_remediations)
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+
+    def _handle(self, event: tuple[Any, ...], only_remediations: bool) -> None:
+        kind = event[0]
+        if kind == "done":
+            self._on_remediation_done(event[1])
+        elif only_remediations:
+            return
+        elif kind == "result":
+            lp = self.policies.get(event[1])
+            live = lp.checks.get(event[2]) if lp else None
+            if lp is None or live is None:
+                return
+            live.inflight_since = None
+            self._overdue.discard(live.key)
+            self._sync_pids(live)
+            self._on_result(lp, event[3])
+        elif kind == "pid_exit":
+            for policy, check in self._pid_owners.pop(event[1], set()):
+                lp = self.policies.get(policy)
+                if lp and check in lp.checks:
+                    lp.checks[check].pids.discard(event[1])
+                    lp.checks[check].next_due = self.clock.monotonic()
+                    log_event("watched_process_exited", policy=policy, check=check, pid=event[1])
+
+    def _sync_pids(self, live: LiveCheck) -> None:
+        watched = getattr(live.check, "watched_pids", None)
+        if watched is None:
+            return
+        current: set[int] = set(watched())
+        for pid in current - live.pids:
+            self._pid_owners.setdefault(pid, set()).add(live.key)
+            self.watcher.watch(pid)
+        for pid in live.pids - current:
+            self._unwatch(pid, live.key)
+        live.pids = current
+
+    def _unwatch(self, pid: int, key: tuple[str, str]) -> None:
+        owners = self._pid_owners.get(pid)
+        if owners is None:
+            return
+        owners.discard(key)
+        if not owners:
+            del self._pid_owners[pid]
+            self.watcher.unwatch(pid)
+
+    # ---- decisions ---------------------------------------------------------------------------
+
+    def _on_result(self, lp: LivePolicy, result: CheckResult) -> None:
+        lp.results[result.check] = result
+        if len(lp.results) < len(lp.checks):
+            return  # context must be known before deciding: wait for every check once
+        ev = evaluate(lp.policy.rule, lp.results, lp.memory, self.clock.monotonic())
+        was_firing, lp.firing = lp.firing, ev.firing
+        self._update_storm()
+        if not ev.firing:
+            if was_firing:
+                self._cleared(lp, ev)
+            return
+        decision = decide(lp.policy, ev, self.facts(lp))
+        self._apply(lp, ev, decision)
+
+    def _update_storm(self) -> None:
+        firing = sum(1 for lp in self.policies.values() if lp.firing)
+        storm = self.config.storm.tripped(firing, len(self.policies))
+        if storm != self.storm:
+            self.storm = storm
+            log_event(
+                "storm_guard",
+                logging.WARNING if storm else logging.INFO,
+                active=storm,
+                firing=firing,
+                policies=len(self.policies),
+            )
+            if storm:
+                self.escalator.escalate("*", "storm", self._storm_detail(), policy=None)
+
+    def _storm_detail(self) -> str:
+        firing = sorted(n for n, lp in self.policies.items() if lp.firing)
+        return (
+            f"{len(firing)} of {len(self.policies)} policies firing at once ({', '.join(firing)})"
+        )
+
+    def facts(self, lp: LivePolicy) -> Facts:
+        """Everything ``decide()`` needs about this policy and the host, from the journal,
+        the pause file and the live state."""
+        name = lp.policy.name
+        g = lp.policy.guardrails
+        now = self.clock.now()
+        pause = self.pauses.effective(name, now)
+        failures, opened = self.journal.breaker(name)
+        row = self.journal.latest_approval(name)
+        approval = None
+        if row is not None:
+            approval = Approval(row["id"], row["status"], row["expires_at"], row["decided_by"])
+        return Facts(
+            now=now,
+            attempts=self.journal.attempts_since(name, now - max(g.budget.window, g.cooldown)),
+            in_progress=lp.running is not None,
+            paused=pause is not None,
+            paused_until=pause.until if pause else None,
+            pause_scope=("all policies" if pause.scope == "*" else name) if pause else "",
+            pause_reason=pause.reason if pause else "",
+            storm=self.storm,
+            storm_detail=self._storm_detail() if self.storm else "",
+            breaker_failures=failures,
+            breaker_open=opened is not None,
+            approval=approval,
+            host_running=sum(1 for p in self.policies.values() if p.running),
+            host_max_concurrency=self.config.max_concurrency,
+            host_runs_last_hour=self.journal.host_attempts_since(now - 3600.0),
+            host_max_per_hour=self.config.max_runs_per_hour,
+        )
+
+    def _apply(self, lp: LivePolicy, ev: Evaluation, decision: Decision) -> None:
+        name = lp.policy.name
+        now = self.clock.now()
+        message = decision.message
+        approval_id = decision.approval_id
+        if decision.reason == "approval_needed" and decision.until is not None:
+            approval_id = self.journal.create_approval(name, now, decision.until, message)
+            message = f"{message}; run `stanch-agent approve {approval_id}`"
+        execution_id = None
+        decision_id = self.journal.record_decision(
+            name,
+            now,
+            decision.outcome.value,
+            decision.reason,
+            message,
+            ev.observed,
+            ev.why,
+            decision.until,
+        )
+        if decision.reason != (lp.last.reason if lp.last else None):
+            log_event(
+                "decision",
+                policy=name,
+                outcome=decision.outcome.value,
+                reason=decision.reason,
+                message=message,
+            )
+        lp.last = decision
+        if decision.escalate:
+            self.escalator.escalate(
+                name,
+                decision.escalate,
+                message,
+                policy=lp.policy,
+                observed=ev.observed,
+                approval_id=approval_id,
+            )
+        if decision.outcome is not Outcome.ACT:
+            return
+        execution_id = self.journal.begin_execution(
+            name, now, decision_id, ev.observed, approval_id
+        )
+        failpoints.hit("crash_after_intent")
+        lp.running = execution_id
+        log_event("remediation_started", policy=name, correlation_id=execution_id)
+        job = Remediation(
+            lp.policy,
+            execution_id,
+            dict(lp.checks),
+            self.runner,
+            self.journal,
+            self.clock,
+            self.processes,
+            self._stop,
+            ev.observed,
+            dict(lp.results),
+        )
+        future = self._fix_pool.submit(job.run)
+        future.add_done_callback(lambda f: self.events.put(("done", f.result())))
+
+    def _cleared(self, lp: LivePolicy, ev: Evaluation) -> None:
+        name = lp.policy.name
+        self.journal.forget_last_decision(name)
+        self.journal.record_decision(
+            name,
+            self.clock.now(),
+            "cleared",
+            "condition_cleared",
+            "condition no longer holds",
+            ev.observed,
+            ev.why,
+        )
+        self.journal.forget_last_decision(name)
+        self.journal.clear_escalations(name)
+        lp.last = None
+        log_event("condition_cleared", policy=name)
+
+    def _on_remediation_done(self, result: RemediationResult) -> None:
+        lp = self.policies.get(result.policy)
+        if lp is not None and lp.running == result.execution_id:
+            lp.running = None
+            # The verification samples are the freshest truth about the problem.
+            lp.results.update(result.results)
+        name = result.policy
+        now = self.clock.now()
+        failures, _opened = self.journal.breaker(name)
+        policy = lp.policy if lp else None
+        self.journal.forget_last_decision(name)
+        self.journal.record_decision(
+            name,
+            now,
+            result.status,
+            "verification",
+            result.summary,
+            result.observed,
+            [] if result.status == "fixed" else [result.verification],
+            execution_id=result.execution_id,
+        )
+        self.journal.forget_last_decision(name)
+        log_event(
+            "remediation_finished",
+            policy=name,
+            correlation_id=result.execution_id,
+            status=result.status,
+        )
+        if result.status == "fixed":
+            self.journal.set_breaker(name, 0, None)
+            self.journal.clear_escalations(name)
+            return
+        failures += 1
+        after = policy.guardrails.breaker_after if policy else 3
+        opened = now if failures >= after else None
+        self.journal.set_breaker(name, failures, opened)
+        self.escalator.escalate(
+            name,
+            result.status,
+            result.summary,
+            policy=policy,
+            execution_id=result.execution_id,
+            observed=result.observed,
+        )
+        if opened is not None:
+            self.escalator.escalate(
+                name,
+                "breaker_open",
+                f"circuit breaker opened after "
+                f"{failures} remediations that did not fix the problem",
+                policy=policy,
+                execution_id=result.execution_id,
+            )
