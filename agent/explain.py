@@ -13,7 +13,7 @@ from agent.pauses import GLOBAL, Pause
 HEADLINES = {
     "act": "acted",
     "observe": "observed (would act)",
-    "suppressed": "did not act",
+    "suppressed": "",
     "awaiting_approval": "waiting for approval",
     "cleared": "problem cleared",
     "fixed": "fixed",
@@ -60,7 +60,8 @@ def _decision_lines(journal: Journal, row: DecisionRow) -> list[str]:
     when = stamp(row.at)
     if row.repeat > 1:
         when += f" .. {stamp(row.last_at)[11:]} (x{row.repeat})"
-    out = [f"- {when}  {HEADLINES.get(row.outcome, row.outcome)}: {row.message}"]
+    headline = HEADLINES.get(row.outcome, row.outcome)
+    out = [f"- {when}  {headline + ': ' if headline else ''}{row.message}"]
     if row.why:
         out.append(f"    because: {'; '.join(row.why)}")
     if row.observed:

@@ -104,13 +104,15 @@ class Remediation:
             verification,
             None if status == "fixed" else summary,
         )
+        fresh = template_values(results)
+        observed = {k: fresh[k] for k in self.observed if k in fresh}
         return RemediationResult(
             self.policy.name,
             self.execution_id,
             status,
             summary,
             verification,
-            self.observed,
+            observed,
             results,
             steps_json,
         )

@@ -440,8 +440,10 @@ class Agent:
         lp = self.policies.get(result.policy)
         if lp is not None and lp.running == result.execution_id:
             lp.running = None
-            # The verification samples are the freshest truth about the problem.
-            lp.results.update(result.results)
+            # Sample again at once: re-evaluate from fresh results (recording "cleared" when
+            # fixed) and start watching the pids of a restarted process straight away.
+            for live in lp.checks.values():
+                live.next_due = self.clock.monotonic()
         name = result.policy
         now = self.clock.now()
         failures, _opened = self.journal.breaker(name)

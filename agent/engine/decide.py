@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from agent.duration import format_duration
 from agent.engine.guardrails import active_window, budget_until, window_end
 from agent.engine.rules import Evaluation
 from agent.policy.model import Mode, Policy
@@ -124,9 +125,10 @@ def decide(policy: Policy, ev: Evaluation, facts: Facts) -> Decision:
     if until is not None:
         return _suppress(
             "budget",
-            f"budget of {g.budget.max_runs} runs per "
-            f"{g.budget.window:g}s spent; next at {clock_text(until)}",
+            f"budget of {_runs(g.budget.max_runs)} per {format_duration(g.budget.window)} "
+            f"spent; automation gave up until {clock_text(until)}, escalating",
             until,
+            escalate="budget",
         )
     host_until = budget_until(facts.host_runs_last_hour, facts.host_max_per_hour, 3600.0, now)
     if host_until is not None:
@@ -189,3 +191,7 @@ def _suppress(
 def _steps(policy: Policy) -> str:
     names = ", ".join(s.name for s in policy.steps)
     return f"{len(policy.steps)} step{'s' if len(policy.steps) != 1 else ''} ({names})"
+
+
+def _runs(count: int) -> str:
+    return f"{count} run{'s' if count != 1 else ''}"
