@@ -102,16 +102,14 @@ def _checked_name(member: tarfile.TarInfo) -> str:
         raise BundleRejected(Reason.UNSAFE_PATH, f"{name!r} is a link; bundles hold files only")
     if not member.isreg() or member.sparse is not None:
         raise BundleRejected(Reason.UNSAFE_PATH, f"{name!r} is not a regular file")
-    if name == ENVELOPE_NAME:
-        return name
-    if not name.startswith(FILES_PREFIX):
+    problem = path_problem(name)
+    if problem:
+        raise BundleRejected(Reason.UNSAFE_PATH, f"{name!r}: {problem}")
+    if name != ENVELOPE_NAME and not name.startswith(FILES_PREFIX):
         raise BundleRejected(
             Reason.FILE_NOT_IN_MANIFEST,
             f"{name!r} is outside {FILES_PREFIX}; a bundle holds {ENVELOPE_NAME} and files/ only",
         )
-    problem = path_problem(name[len(FILES_PREFIX) :])
-    if problem:
-        raise BundleRejected(Reason.UNSAFE_PATH, f"{name!r}: {problem}")
     return name
 
 

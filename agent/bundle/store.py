@@ -14,6 +14,7 @@ An install is: verify everything in memory, extract into a staging directory wit
 fsynced, load its policies as the agent would, rename it to ``bundles/<digest>``, then swap
 ``active.json``. A crash anywhere before the swap leaves the old pointer, naming a complete old
 directory; after it, the new one. Nothing is ever extracted over the active directory.
+The crash tests prove it with ``STANCH_FAILPOINTS=bundle_after_extract_before_swap``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import failpoints
 from agent.bundle.archive import MAX_BUNDLE_BYTES
 from agent.bundle.durable import fsync_dir, write_atomic, write_synced
 from agent.bundle.manifest import Manifest
@@ -37,15 +39,8 @@ from agent.bundle.verify import VerifiedBundle, verify_bundle
 from agent.clock import Clock, SystemClock
 from agent.policy.loader import load_dir
 
-FAILPOINT_ENV = "STANCH_FAILPOINT"
 KEEP_PREVIOUS = 2
 """Earlier bundles kept extracted besides the active one, for a rollback that needs no download."""
-
-
-def failpoint(name: str) -> None:
-    """Die here, as ``kill -9`` would, when ``STANCH_FAILPOINT`` names this point (crash tests)."""
-    if name in os.environ.get(FAILPOINT_ENV, "").split(","):
-        os._exit(137)
 
 
 @dataclass(frozen=True)
@@ -152,9 +147,9 @@ class BundleStore:
                 if current is not None and current.digest == verified.digest:
                     return Activation(digest, manifest.name, manifest.version, digest, False)
                 self._stage(verified, data)
-                failpoint("bundle_after_extract_before_swap")
+                failpoints.hit("bundle_after_extract_before_swap")
                 self._swap(verified, current, now)
-                failpoint("bundle_after_swap")
+                failpoints.hit("bundle_after_swap")
             except BundleRejected as exc:
                 self.rejections.append(
                     Rejection(

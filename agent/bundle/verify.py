@@ -1,9 +1,10 @@
 """Verify a bundle, strictly and in both directions, before anything in it is used.
 
-The order matters. Cheap structural checks run first; the manifest is parsed only after a
-threshold of pinned keys signed it, so unauthenticated JSON never steers anything; then every file
-is held to the manifest: nothing extra, nothing missing, every byte hashed. Each failure is a
-:class:`BundleRejected` with a named :class:`Reason`.
+The order matters. Cheap structural checks run first, including that the file is byte for byte
+the canonical encoding of its contents, so a digest names exactly one content. The manifest is
+parsed only after a threshold of pinned keys signed it, so unauthenticated JSON never steers
+anything. Then every file is held to the manifest: nothing extra, nothing missing, every byte
+hashed. Each failure is a :class:`BundleRejected` with a named :class:`Reason`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from agent.bundle.archive import ENVELOPE_NAME, MAX_BUNDLE_BYTES, digest_of, read_archive
+from agent.bundle.archive import (
+    ENVELOPE_NAME,
+    MAX_BUNDLE_BYTES,
+    digest_of,
+    read_archive,
+    write_archive,
+)
 from agent.bundle.dsse import Envelope, EnvelopeError
 from agent.bundle.keys import short_id
 from agent.bundle.manifest import PAYLOAD_TYPE, Manifest, ManifestError, format_time
@@ -46,6 +53,12 @@ def verify_bundle(
     """
     contents = read_archive(data, max_bytes)
     envelope = parse_envelope(contents.envelope)
+    if write_archive(envelope.to_json(), contents.files) != data:
+        # One content, one encoding: padding, ordering, headers or JSON whitespace changed after
+        # packing would otherwise give a second digest (name) for the same signed content.
+        raise BundleRejected(
+            Reason.MALFORMED, "not in canonical form (altered after packing); rebuild with opsctl"
+        )
     if envelope.payload_type != PAYLOAD_TYPE:
         raise BundleRejected(
             Reason.WRONG_PAYLOAD_TYPE,
