@@ -18,10 +18,9 @@ aside before an upgrade.
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import sqlite3
 import threading
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -159,6 +158,8 @@ class Journal:
         if current == len(MIGRATIONS):
             return
         if current > 0:
+            import shutil  # only on upgrade: keeps start-up light
+
             shutil.copy2(self.path, self.path.with_suffix(f".v{current}.bak"))
         for version in range(current, len(MIGRATIONS)):
             with self._tx() as db:
@@ -241,7 +242,7 @@ class Journal:
         approval_id: str | None = None,
     ) -> str:
         """Write and commit (fsync) the intent. Only after this returns may a command run."""
-        execution_id = uuid.uuid4().hex[:16]
+        execution_id = os.urandom(8).hex()
         with self._tx() as db:
             db.execute(
                 "INSERT INTO executions (id, policy, decision_id, started_at, status, observed, "
@@ -350,7 +351,7 @@ class Journal:
     # ---- approvals ---------------------------------------------------------------------------
 
     def create_approval(self, policy: str, at: float, expires_at: float, message: str) -> str:
-        approval_id = uuid.uuid4().hex[:8]
+        approval_id = os.urandom(4).hex()
         with self._tx() as db:
             db.execute(
                 "UPDATE approvals SET status = 'expired' WHERE policy = ? AND status = 'pending'",

@@ -187,7 +187,7 @@ class Agent:
             p.name: p for ps in by_source.values() for p in ps if p.selects(self.config.labels)
         }
         for name in list(self.policies):
-            if name not in wanted or wanted[name].digest != self.policies[name].policy.digest:
+            if name not in wanted or wanted[name] != self.policies[name].policy:
                 self._drop(name)
         now = self.clock.monotonic()
         for name, policy in wanted.items():

@@ -9,8 +9,8 @@ suppression ends. It never writes or runs anything. Guards are checked in a fixe
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from enum import StrEnum
 
 from agent.duration import format_duration
@@ -72,7 +72,7 @@ class Decision:
 
 
 def clock_text(ts: float) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).strftime("%H:%M:%S UTC")
+    return time.strftime("%H:%M:%S UTC", time.gmtime(ts))
 
 
 def decide(policy: Policy, ev: Evaluation, facts: Facts) -> Decision:

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from agent.policy.model import Window
 
 
 def active_window(windows: Iterable[Window], now: float) -> Window | None:
     """The first maintenance window that contains wall time ``now`` (UTC), if any."""
-    moment = datetime.fromtimestamp(now, tz=UTC)
-    minute = moment.hour * 60 + moment.minute
+    moment = time.gmtime(now)
+    minute = moment.tm_hour * 60 + moment.tm_min
+    weekday = moment.tm_wday
     for window in windows:
         if window.start_at is not None and window.end_at is not None:
             if window.start_at <= now < window.end_at:
@@ -22,12 +23,12 @@ def active_window(windows: Iterable[Window], now: float) -> Window | None:
             continue
         start, end = window.start_minute, window.end_minute
         if start <= end:
-            if moment.weekday() in window.days and start <= minute < end:
+            if weekday in window.days and start <= minute < end:
                 return window
         else:
             # Crosses midnight: 22:00-02:00 belongs to the day it started.
-            yesterday = (moment.weekday() - 1) % 7
-            if (moment.weekday() in window.days and minute >= start) or (
+            yesterday = (weekday - 1) % 7
+            if (weekday in window.days and minute >= start) or (
                 yesterday in window.days and minute < end
             ):
                 return window
@@ -38,11 +39,11 @@ def window_end(window: Window, now: float) -> float:
     """Wall time at which ``window`` (active at ``now``) closes."""
     if window.end_at is not None:
         return window.end_at
-    moment = datetime.fromtimestamp(now, tz=UTC)
-    minute = moment.hour * 60 + moment.minute
+    moment = time.gmtime(now)
+    minute = moment.tm_hour * 60 + moment.tm_min
     end = window.end_minute or 0
     delta = (end - minute) % 1440 or 1440
-    return now - moment.second - moment.microsecond / 1e6 + delta * 60
+    return now - (now % 60) + delta * 60
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ side by side, so the agent keeps running the good ones and reports the bad one.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,10 +110,9 @@ def load_text(text: str, file: str) -> tuple[list[Policy], list[FieldError]]:
         return [], [FieldError(file, "", "no policy documents in file")]
     sink = ErrorSink(file)
     policies = []
-    digest_base = hashlib.sha256(text.encode()).hexdigest()
     for index, doc in enumerate(docs):
         prefix = f"[{index}]" if len(docs) > 1 else ""
-        policy = parse_policy(doc, file, sink, prefix, digest_base)
+        policy = parse_policy(doc, file, sink, prefix)
         if policy is not None:
             policies.append(policy)
     if sink.errors:
@@ -122,9 +120,7 @@ def load_text(text: str, file: str) -> tuple[list[Policy], list[FieldError]]:
     return policies, []
 
 
-def parse_policy(
-    doc: Any, file: str, sink: ErrorSink, prefix: str = "", digest: str = ""
-) -> Policy | None:
+def parse_policy(doc: Any, file: str, sink: ErrorSink, prefix: str = "") -> Policy | None:
     top = Fields(doc, prefix, sink)
     if not top.ok:
         return None
@@ -175,7 +171,6 @@ def parse_policy(
         verification=verification,
         guardrails=guardrails,
         escalation=escalation,
-        digest=hashlib.sha256(f"{digest}{prefix}".encode()).hexdigest(),
     )
 
 

@@ -7,7 +7,7 @@ may go (guardrails, mode) and who to call when it gives up (escalation).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -181,8 +181,6 @@ class Policy:
     verification: Verification = Verification()
     guardrails: Guardrails = Guardrails()
     escalation: Escalation = Escalation()
-    digest: str = field(default="", compare=False)
-    """SHA-256 of the source document, to tell a changed policy from an unchanged one."""
 
     def check(self, name: str) -> CheckSpec:
         for spec in self.checks:
