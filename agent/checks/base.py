@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     from agent.checks.proctable import ProcessTable
@@ -92,10 +92,29 @@ class CheckEnv:
         return self.root / path.lstrip("/")
 
 
+def describe_error(exc: BaseException) -> str:
+    """A short, human reason for a failed connection or read, for a check's summary."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text or type(exc).__name__
+
+
 class Check(Protocol):
     def sample(self) -> Sample:
         """Take one measurement. May raise; the runner turns that into UNKNOWN."""
         ...
+
+
+@runtime_checkable
+class WatchesPids(Protocol):
+    """A check that can name the processes it follows (``process`` with ``watch: true``).
+
+    The runner asks after each sample and hands the pids to ``agent.pidwatch.PidWatcher``, so a
+    dying process triggers a re-check at once instead of at the next interval.
+    """
+
+    def watched_pids(self) -> set[int]: ...
 
 
 @dataclass(frozen=True)

@@ -95,9 +95,14 @@ def _labels(line: str, i: int) -> tuple[dict[str, str], int] | None:
         key = line[start:i]
         while i < n and line[i] in " \t":
             i += 1
-        if not key or i + 1 >= n or line[i] != "=" or line[i + 1] != '"':
+        if not key or i >= n or line[i] != "=":
             return None
-        i += 2
+        i += 1
+        while i < n and line[i] in " \t":
+            i += 1
+        if i >= n or line[i] != '"':
+            return None
+        i += 1
         value: list[str] = []
         while i < n and line[i] != '"':
             if line[i] == "\\" and i + 1 < n:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from agent.checks.base import Check, CheckEnv, CheckType, Sample, Threshold
+from agent.checks.base import Check, CheckEnv, CheckType, Sample, Threshold, describe_error
 from agent.policy.fields import Fields
 
 BODY_LIMIT = 64 * 1024
@@ -112,9 +112,8 @@ class HttpCheck:
             resp = fetch(c.url, c.headers, c.request_timeout)
         except (OSError, http.client.HTTPException) as exc:
             elapsed = (time.monotonic() - started) * 1000.0
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             return Sample({"ok": 0.0, "status": 0.0, "latency_ms": round(elapsed, 2)},
-                          f"GET {c.url}: {reason}")  # fmt: skip
+                          f"GET {c.url}: {describe_error(exc)}")  # fmt: skip
         if c.expect_status is not None:
             ok = resp.status == c.expect_status
         else:

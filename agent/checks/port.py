@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from agent.checks.base import Check, CheckEnv, CheckType, Sample, Threshold
+from agent.checks.base import Check, CheckEnv, CheckType, Sample, Threshold, describe_error
 from agent.policy.fields import Fields
 
 
@@ -47,9 +47,8 @@ class PortCheck:
             # A refused or timed-out connection is a measurement (the port is down), not an
             # error of the check: ok=0 drives the status, connect_ms shows how long it took.
             elapsed = (time.monotonic() - started) * 1000.0
-            reason = exc.strerror or type(exc).__name__
             return Sample({"ok": 0.0, "connect_ms": round(elapsed, 2)},
-                          f"{c.host}:{c.port}: {reason}")  # fmt: skip
+                          f"{c.host}:{c.port}: {describe_error(exc)}")  # fmt: skip
         return Sample({"ok": 1.0, "connect_ms": round(elapsed, 2)},
                       f"{c.host}:{c.port} accepted in {elapsed:.1f} ms")  # fmt: skip
 

@@ -72,6 +72,11 @@ class ProcessTable:
                 self._taken = self._clock()
             return self._snapshot
 
+    @property
+    def tracked(self) -> int:
+        """How many ``psutil.Process`` objects are kept between scans (bounded by live ones)."""
+        return len(self._procs)
+
     def invalidate(self) -> None:
         with self._lock:
             self._taken = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from agent.checks.base import Check, CheckEnv, CheckType, Sample, Threshold
+from agent.checks.base import Check, CheckEnv, CheckType, Sample, Threshold, describe_error
 from agent.checks.exposition import METRIC_NAME_RE, find
 from agent.checks.http import fetch, parse_url
 from agent.errors import CheckError
@@ -54,8 +54,7 @@ class PrometheusCheck:
         try:
             resp = fetch(c.url, {"Accept": ACCEPT}, c.request_timeout, SCRAPE_LIMIT)
         except (OSError, http.client.HTTPException) as exc:
-            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-            raise CheckError(f"cannot scrape {c.url}: {reason}") from exc
+            raise CheckError(f"cannot scrape {c.url}: {describe_error(exc)}") from exc
         if resp.status != 200:
             raise CheckError(f"scraping {c.url} answered HTTP {resp.status}, expected 200")
         text = resp.body.decode("utf-8", errors="replace")
