@@ -484,9 +484,10 @@ def parse_window(raw: Any, path: str, sink: ErrorSink) -> Window | None:
 
 def _minute_of_day(f: Fields, key: str) -> int | None:
     value = f.get(key)
-    if isinstance(value, int) and not isinstance(value, bool):
-        # YAML 1.1 reads an unquoted 02:00 as a base-60 integer (120).
-        return value if 0 <= value < 1440 else None
+    # YAML 1.1 reads an unquoted 02:00 as a base-60 integer (120). An unquoted 25:00 is 1500,
+    # no time of day: it falls through to the error below rather than silently dropping the window.
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1440:
+        return value
     if isinstance(value, str) and re.fullmatch(r"\d{1,2}:\d{2}", value):
         hours, minutes = (int(x) for x in value.split(":"))
         if hours < 24 and minutes < 60:
