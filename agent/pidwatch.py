@@ -160,15 +160,17 @@ class PidWatcher:
                     os.close(fd)
                 self._retired.clear()
                 by_fd = {fd: pid for pid, fd in self._fds.items()}
-                polling = bool(self._polled)
+                polled = dict(self._polled)
                 gone, self._gone = self._gone, []
             self._report(gone)
             poller = select.poll()
             poller.register(self._wake_r, select.POLLIN)
             for fd in by_fd:
                 poller.register(fd, select.POLLIN)
-            timeout_ms = int(self.poll_interval * 1000) if polling else None
+            timeout_ms = int(self.poll_interval * 1000) if polled else None
             events = poller.poll(timeout_ms)
+            # psutil reads /proc; do it before taking the lock so watch() never waits on it.
+            dead = _dead(polled)
             exited = []
             with self._lock:
                 for fd, _ in events:
@@ -180,8 +182,10 @@ class PidWatcher:
                         del self._fds[pid]
                         self._retired.append(fd)
                         exited.append(pid)
-                if polling:
-                    exited.extend(self._poll_dead())
+                for pid in dead:
+                    if pid in self._polled and self._polled[pid] == polled[pid]:
+                        del self._polled[pid]
+                        exited.append(pid)
             self._report(exited)
 
     def _drain(self) -> None:
@@ -191,25 +195,27 @@ class PidWatcher:
         except BlockingIOError:
             pass
 
-    def _poll_dead(self) -> list[int]:
-        dead = []
-        for pid, created in list(self._polled.items()):
-            try:
-                proc = psutil.Process(pid)
-                alive = proc.status() != psutil.STATUS_ZOMBIE
-                alive = alive and (created is None or proc.create_time() == created)
-            except psutil.NoSuchProcess:
-                alive = False
-            except psutil.AccessDenied:
-                alive = True
-            if not alive:
-                del self._polled[pid]
-                dead.append(pid)
-        return dead
-
     def _report(self, pids: list[int]) -> None:
         for pid in pids:
             try:
                 self.on_exit(pid)
             except Exception:
                 log.exception("pid watcher callback failed for pid %d", pid)
+
+
+def _dead(polled: dict[int, float | None]) -> list[int]:
+    """The polled pids whose process exited: gone, a zombie, or the pid now names a process
+    started at another time (the pid was recycled)."""
+    dead = []
+    for pid, created in polled.items():
+        try:
+            proc = psutil.Process(pid)
+            alive = proc.status() != psutil.STATUS_ZOMBIE
+            alive = alive and (created is None or proc.create_time() == created)
+        except psutil.NoSuchProcess:
+            alive = False
+        except psutil.AccessDenied:
+            alive = True
+        if not alive:
+            dead.append(pid)
+    return dead

@@ -10,6 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from agent.checks.base import WatchesPids
+from agent.checks.proctable import ProcessTable
+from agent.checks.testing import build_check
 from agent.pidwatch import PidWatcher, pidfd_supported
 
 MODES = ["pidfd", "poll"]
@@ -171,3 +174,22 @@ def test_rejects_non_pids() -> None:
 def _state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as fh:
         return fh.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_process_check_pids_feed_the_watcher(sleeps: Procs) -> None:
+    """The wiring the runner does: sample, watch what the check saw, re-check on exit."""
+    proc = sleep60(sleeps)
+    check = build_check("process", {"cmdline": "^sleep 60$"}, processes=ProcessTable(max_age=0.0))
+    check.sample()
+    assert isinstance(check, WatchesPids) and proc.pid in check.watched_pids()
+    exits = Exits()
+    with PidWatcher(exits) as w:
+        for pid in check.watched_pids():
+            w.watch(pid)
+        proc.kill()
+        # Other tests' "sleep 60" may match and exit too; wait for ours (bounded by next()).
+        while exits.next()[0] != proc.pid:
+            pass
+        proc.wait(timeout=5)
+        check.sample()
+        assert proc.pid not in check.watched_pids()
