@@ -79,8 +79,13 @@ def collect(source: Path) -> tuple[dict[str, bytes], set[str], list[FieldError]]
             relative = path.relative_to(source).as_posix()
             problem = path_problem(relative)
             if path.is_symlink() or not path.is_file():
-                errors.append(FieldError(str(path), "", "not a regular file (symlinks are not "
-                                         "bundled; copy the file in)"))  # fmt: skip
+                errors.append(
+                    FieldError(
+                        str(path),
+                        "",
+                        "not a regular file (symlinks are not bundled; copy the file in)",
+                    )
+                )
             elif problem:
                 errors.append(FieldError(str(path), "", f"cannot be bundled: {problem}"))
             else:

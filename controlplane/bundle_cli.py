@@ -84,8 +84,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = bundle.write(args.out)
     m = bundle.manifest
-    print(f"built {path} ({m.name} v{m.version}, {len(m.policies)} policies, "
-          f"{len(m.files)} files, expires {format_time(m.expires)}; unsigned)")  # fmt: skip
+    print(
+        f"built {path} ({m.name} v{m.version}, {len(m.policies)} policies, "
+        f"{len(m.files)} files, expires {format_time(m.expires)}; unsigned)"
+    )
     return OK
 
 
@@ -117,9 +119,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         return REFUSED
     m = verified.manifest
     signers = ", ".join(short_id(s) for s in sorted(verified.signers))
-    print(f"{args.file}: OK {m.name} v{m.version}, {len(verified.signers)} of "
-          f"{trust.threshold} required signatures ({signers}), "
-          f"expires {format_time(m.expires)}")  # fmt: skip
+    print(
+        f"{args.file}: OK {m.name} v{m.version}, {len(verified.signers)} of "
+        f"{trust.threshold} required signatures ({signers}), "
+        f"expires {format_time(m.expires)}"
+    )
     return OK
 
 

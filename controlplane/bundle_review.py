@@ -131,8 +131,10 @@ def _other_files(old: Manifest, new: Manifest) -> list[str]:
 
 def _header(a: Bundle, b: Bundle) -> list[str]:
     old, new = a.manifest, b.manifest
-    lines = [f"{old.name} v{old.version} ({a.digest[:12]}) -> {new.name} v{new.version} "
-             f"({b.digest[:12]})"]  # fmt: skip
+    lines = [
+        f"{old.name} v{old.version} ({a.digest[:12]}) -> {new.name} v{new.version} "
+        f"({b.digest[:12]})"
+    ]
     if new.name != old.name:
         lines.append(f"WARNING: different bundle names ({old.name!r} -> {new.name!r})")
     if new.version <= old.version:

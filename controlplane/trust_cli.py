@@ -74,8 +74,10 @@ def cmd_root_init(args: argparse.Namespace) -> int:
         return FAILED
     envelope = Envelope(ROOT_PAYLOAD_TYPE, root_payload(keys, args.threshold, args.version))
     write_atomic(args.out, envelope.to_json())
-    print(f"wrote {args.out}: root v{args.version}, {len(unique)} keys, threshold "
-          f"{args.threshold}; unsigned: sign with the old root's keys and its own")  # fmt: skip
+    print(
+        f"wrote {args.out}: root v{args.version}, {len(unique)} keys, threshold "
+        f"{args.threshold}; unsigned: sign with the old root's keys and its own"
+    )
     return OK
 
 
