@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -23,6 +24,7 @@ from agent.clock import SystemClock
 from agent.errors import StanchError
 
 OK, REJECTED, FAILED = 0, 1, 2
+DEFAULT_STATE_DIR = "/var/lib/stanch"
 
 
 def register(subparsers: Any) -> None:
@@ -71,12 +73,22 @@ def _trust_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _state_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--state-dir", type=Path, required=True, help="the agent's state dir")
+    # SUPPRESS: an absent flag must not overwrite ``stanch-agent --state-dir X bundle ...``.
+    parser.add_argument(
+        "--state-dir",
+        default=argparse.SUPPRESS,
+        help=f"the agent's state dir (default: $STANCH_STATE_DIR or {DEFAULT_STATE_DIR})",
+    )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def state_dir(args: argparse.Namespace) -> Path:
+    chosen = getattr(args, "state_dir", None) or os.environ.get("STANCH_STATE_DIR")
+    return Path(chosen or DEFAULT_STATE_DIR)
+
+
 def cmd_install(args: argparse.Namespace) -> int:
-    store = BundleStore(args.state_dir)
+    store = BundleStore(state_dir(args))
     try:
         trust = TrustStore.load(args.trust, args.threshold)
         done = store.install(
@@ -101,7 +113,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     try:
-        status = BundleStore(args.state_dir).active_status()
+        status = BundleStore(state_dir(args)).active_status()
     except StanchError as exc:
         return _fail(exc)
     if status is None:
@@ -121,7 +133,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_rejections(args: argparse.Namespace) -> int:
-    records = read_rejections(args.state_dir)
+    records = read_rejections(state_dir(args))
     lines = [f"{format_time(r.at)}  {r.reason}  {r.file}: {r.message}" for r in records]
     _emit(args, {"rejections": [asdict(r) for r in records]}, "\n".join(lines) or "none")
     return OK
@@ -130,7 +142,7 @@ def cmd_rejections(args: argparse.Namespace) -> int:
 def cmd_trust_update(args: argparse.Namespace) -> int:
     try:
         base = TrustStore.load(args.trust, args.threshold)
-        new = BundleStore(args.state_dir).update_root(args.root, base)
+        new = BundleStore(state_dir(args)).update_root(args.root, base)
     except StanchError as exc:
         return _fail(exc)
     doc = {"version": new.version, "threshold": new.threshold, "keys": sorted(new.keys)}

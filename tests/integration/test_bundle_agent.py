@@ -155,3 +155,25 @@ def test_trust_update_over_the_cli(fleet: Fleet) -> None:
     assert fleet.install(fleet.bundle(1, 100, signers=(1, 3))).returncode == 0
     bad = agent("trust-update", root, "--trust", fleet.trust, "--state-dir", fleet.state)
     assert bad.returncode == 2 and "does not follow 1" in bad.stderr
+
+
+def test_the_agent_cli_passes_its_global_state_dir_through(fleet: Fleet) -> None:
+    assert fleet.install(fleet.bundle(1, 100)).returncode == 0
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "--state-dir",
+            str(fleet.state),
+            "bundle",
+            "status",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["active"]["version"] == 1
