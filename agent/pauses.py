@@ -47,16 +47,7 @@ class PauseFile:
             return self._cache
         try:
             raw = json.loads(self.path.read_text())
-            pauses = {
-                scope: Pause(
-                    scope,
-                    entry.get("until"),
-                    entry.get("reason", ""),
-                    entry.get("by", ""),
-                    entry.get("at", 0.0),
-                )
-                for scope, entry in raw.items()
-            }
+            pauses = {scope: _pause(scope, entry) for scope, entry in raw.items()}
         except (ValueError, AttributeError, OSError) as exc:
             pauses = {GLOBAL: Pause(GLOBAL, None, f"unreadable pause file {self.path}: {exc}")}
         self._mtime, self._cache = mtime, pauses
@@ -101,3 +92,12 @@ class PauseFile:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _pause(scope: str, entry: Any) -> Pause:
+    """One entry of the file; a wrongly typed ``until`` is as unreadable as broken JSON (it
+    would otherwise fail later, in ``active()``, and take the decision down with it)."""
+    until = entry.get("until")
+    if until is not None and (isinstance(until, bool) or not isinstance(until, int | float)):
+        raise ValueError(f"pause {scope!r}: 'until' must be a number or null, got {until!r}")
+    return Pause(scope, until, entry.get("reason", ""), entry.get("by", ""), entry.get("at", 0.0))
