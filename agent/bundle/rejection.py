@@ -40,6 +40,8 @@ class Reason(StrEnum):
     INVALID_POLICY = "invalid_policy"
     """Signed and intact, but this agent cannot load its policies (e.g. a newer check type)."""
     UNREADABLE = "unreadable"
+    STORAGE_ERROR = "storage_error"
+    """Verified, but the state directory could not hold it (disk full, read-only)."""
 
 
 class BundleRejected(StanchError):

@@ -114,8 +114,10 @@ class BundleStore:
         """Accept the next trust root (signed by the current and its own keys) and persist it."""
         path = Path(root_file)
         with self._lock():
-            new = self.trust(base).rotate(read_envelope(path), str(path))
-            write_atomic(self.trust_dir / f"root.{new.version}.json", path.read_bytes())
+            envelope = read_envelope(path)
+            new = self.trust(base).rotate(envelope, str(path))
+            # Persist what was verified, not whatever the file holds by now.
+            write_atomic(self.trust_dir / f"root.{new.version}.json", envelope.to_json())
             return new
 
     def install(
@@ -146,26 +148,38 @@ class BundleStore:
                 check_succession(verified, current, allow_rollback, allow_rename)
                 if current is not None and current.digest == verified.digest:
                     return Activation(digest, manifest.name, manifest.version, digest, False)
-                self._stage(verified, data)
-                failpoints.hit("bundle_after_extract_before_swap")
-                self._swap(verified, current, now)
+                try:
+                    self._stage(verified, data)
+                    failpoints.hit("bundle_after_extract_before_swap")
+                    self._swap(verified, current, now)
+                except OSError as exc:  # a full or read-only state disk: the old bundle stays
+                    raise BundleRejected(
+                        Reason.STORAGE_ERROR, f"cannot store the bundle under {self.bundles}: {exc}"
+                    ) from None
                 failpoints.hit("bundle_after_swap")
             except BundleRejected as exc:
-                self.rejections.append(
-                    Rejection(
-                        at=now,
-                        reason=str(exc.reason),
-                        message=exc.message,
-                        file=str(path),
-                        digest=digest,
-                        name=manifest.name if manifest else "",
-                        version=manifest.version if manifest else None,
-                    )
-                )
+                self._record(exc, path, now, digest, manifest)
                 raise
             self._prune()
         previous = current.digest if current else None
         return Activation(digest, manifest.name, manifest.version, previous, True)
+
+    def _record(
+        self, exc: BundleRejected, path: Path, now: float, digest: str, manifest: Manifest | None
+    ) -> None:
+        rejection = Rejection(
+            at=now,
+            reason=str(exc.reason),
+            message=exc.message,
+            file=str(path),
+            digest=digest,
+            name=manifest.name if manifest else "",
+            version=manifest.version if manifest else None,
+        )
+        try:
+            self.rejections.append(rejection)
+        except OSError as error:  # the disk is full; the caller still gets the rejection
+            exc.add_note(f"(not recorded in {self.rejections.path}: {error.strerror})")
 
     def _read(self, path: Path) -> bytes:
         try:

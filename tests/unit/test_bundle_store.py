@@ -203,3 +203,15 @@ def test_rejection_log_keeps_the_last_hundred(tmp_path: Path) -> None:
     assert (records[0].message, records[-1].message) == ("#5", f"#{MAX_REJECTIONS + 4}")
     (tmp_path / "bundle-rejections.jsonl").open("a").write("{torn\n")
     assert len(read_rejections(tmp_path)) == MAX_REJECTIONS
+
+
+def test_a_storage_failure_keeps_the_active_bundle_and_is_recorded(env: Env) -> None:
+    good = env.install(env.bundle(1))
+    new = env.bundle(2, limit=200)
+    digest = new.name.removesuffix(".bundle")
+    (env.root / "state" / "bundles" / digest).write_text("a file where the directory goes")
+    problem = env.refused(new)
+    assert problem.reason == Reason.STORAGE_ERROR
+    assert env.store.active_status(T0).digest == good  # type: ignore[union-attr]
+    assert read_rejections(env.root / "state")[-1].reason == "storage_error"
+    assert not list((env.root / "state" / "bundles").glob(".staging-*"))
