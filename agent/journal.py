@@ -201,7 +201,11 @@ class Journal:
                 (policy, at, at, outcome, reason, message, until, obs, why_json, execution_id),
             )
             row_id = int(cur.lastrowid or 0)
-        self._last_decision[policy] = (row_id, outcome, reason)
+        if execution_id is None:
+            self._last_decision[policy] = (row_id, outcome, reason)
+        else:
+            # An action's record stays as it was: nothing folds into it later.
+            self._last_decision.pop(policy, None)
         return row_id
 
     def forget_last_decision(self, policy: str) -> None:
@@ -383,17 +387,20 @@ class Journal:
                 )
             if row["status"] != "pending":
                 raise LookupError(f"approval {approval_id} is already {row['status']}")
-            if row["expires_at"] <= at:
+            expired = row["expires_at"] <= at
+            if expired:
                 db.execute("UPDATE approvals SET status = 'expired' WHERE id = ?", (approval_id,))
-                raise LookupError(
-                    f"approval {approval_id} expired; the agent will ask again if "
-                    "the problem persists"
+            else:
+                db.execute(
+                    "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ? WHERE id = ?",
+                    ("approved" if approve else "rejected", by, at, approval_id),
                 )
-            db.execute(
-                "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ? WHERE id = ?",
-                ("approved" if approve else "rejected", by, at, approval_id),
+        # Raised after the commit: raising inside _tx would roll the expiry back.
+        if expired:
+            raise LookupError(
+                f"approval {approval_id} expired; the agent will ask again if the problem persists"
             )
-            return str(row["policy"])
+        return str(row["policy"])
 
     def approvals(self, status: str | None = "pending") -> list[sqlite3.Row]:
         if status is None:
