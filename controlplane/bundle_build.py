@@ -20,6 +20,7 @@ from agent.bundle.archive import MAX_BUNDLE_BYTES, file_name, read_archive, writ
 from agent.bundle.dsse import Envelope
 from agent.bundle.durable import write_atomic
 from agent.bundle.manifest import (
+    MAX_VERSION,
     NAME_RE,
     PAYLOAD_TYPE,
     FileEntry,
@@ -97,12 +98,11 @@ def collect(source: Path) -> tuple[dict[str, bytes], set[str], list[FieldError]]
 
 def build(source: Path, name: str, version: int, created: float, expires: float) -> Bundle:
     """Validate and pack ``source`` into an unsigned bundle, or raise :class:`BuildError`."""
-    errors: list[FieldError] = []
-    if not NAME_RE.match(name):
-        errors.append(FieldError("--name", "", "use lowercase letters, digits, '.', '_', '-'"))
+    errors = _option_errors(name, version, created, expires)
     files, executable, problems = collect(source)
     errors.extend(problems)
-    errors.extend(load_dir(source).errors)
+    if source.is_dir():
+        errors.extend(load_dir(source).errors)
     manifest = Manifest(
         name=name,
         version=version,
@@ -114,18 +114,30 @@ def build(source: Path, name: str, version: int, created: float, expires: float)
             for path, data in sorted(files.items())
         ),
     )
-    if not manifest.policies and files:
+    if source.is_dir() and not manifest.policies:
         errors.append(FieldError(str(source), "", "no policy files (*.yaml) at the top level"))
-    try:  # the same checks an agent applies, so a bundle that builds is one agents can read
-        Manifest.from_payload(manifest.to_payload())
-    except ManifestError as exc:
-        errors.append(FieldError("manifest", "", str(exc)))
+    if not errors:
+        try:  # the checks an agent applies: a bundle that builds is one agents can read
+            Manifest.from_payload(manifest.to_payload())
+        except ManifestError as exc:
+            errors.append(FieldError("manifest", "", str(exc)))
     if errors:
         raise BuildError(errors)
     bundle = assemble(Envelope(PAYLOAD_TYPE, manifest.to_payload()), manifest, files)
     if len(bundle.data) > MAX_BUNDLE_BYTES:
         raise BuildError([FieldError(str(source), "", f"bundle exceeds {MAX_BUNDLE_BYTES} bytes")])
     return bundle
+
+
+def _option_errors(name: str, version: int, created: float, expires: float) -> list[FieldError]:
+    errors = []
+    if not NAME_RE.match(name):
+        errors.append(FieldError("--name", "", "use lowercase letters, digits, '.', '_', '-'"))
+    if not 0 < version <= MAX_VERSION:
+        errors.append(FieldError("--version", "", f"must be from 1 to {MAX_VERSION}"))
+    if expires - created < 1:
+        errors.append(FieldError("--expires", "", "must be at least one second"))
+    return errors
 
 
 def assemble(envelope: Envelope, manifest: Manifest, files: dict[str, bytes]) -> Bundle:

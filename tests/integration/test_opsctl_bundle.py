@@ -214,3 +214,29 @@ def test_root_rotation_commands(tmp_path: Path, keys: Path) -> None:
     assert half.returncode == 1 and "of the current root's keys" in half.stderr
     opsctl("root", "sign", root2, "--key", keys / "release-1.key", "--key", keys / "release-2.key")
     assert "OK root v2" in opsctl("root", "verify", root2, "--previous", root1).stdout
+
+
+def test_build_reports_bad_options_and_an_empty_source_together(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = opsctl(
+        "bundle",
+        "build",
+        tmp_path / "empty",
+        "-o",
+        tmp_path / "out",
+        "--name",
+        "Web",
+        "--version",
+        0,
+        "--expires",
+        "0s",
+        ok=False,
+    )
+    assert result.returncode == 1
+    for problem in (
+        "--name: use lowercase",
+        "--version: must be from 1",
+        "--expires: must be",
+        "empty: no policy files",
+    ):
+        assert problem in result.stderr
