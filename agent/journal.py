@@ -149,6 +149,9 @@ class Journal:
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def _migrate(self) -> None:
+        """Apply pending migrations, each in its own IMMEDIATE transaction that re-reads the
+        version under the write lock, so two processes opening a new file (the agent and a CLI
+        command) never apply the same migration twice."""
         current = self.schema_version()
         if current > len(MIGRATIONS):
             raise RuntimeError(
@@ -163,6 +166,8 @@ class Journal:
             shutil.copy2(self.path, self.path.with_suffix(f".v{current}.bak"))
         for version in range(current, len(MIGRATIONS)):
             with self._tx() as db:
+                if self.schema_version() > version:
+                    continue  # another process applied it first
                 for statement in MIGRATIONS[version].split(";"):
                     if statement.strip():
                         db.execute(statement)
