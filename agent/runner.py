@@ -212,7 +212,6 @@ class Agent:
         now = self.clock.monotonic()
         wall = self.clock.now()
         next_due = now + MAX_WAIT
-        scanned = False
         for lp in self.policies.values():
             for live in lp.checks.values():
                 if live.inflight_since is not None:
@@ -222,9 +221,6 @@ class Agent:
                         self._on_result(lp, timed_out(live, wall, elapsed))
                     continue
                 if live.next_due <= now:
-                    if live.spec.type == "process" and not scanned:
-                        self.processes.invalidate()  # one fresh scan shared by this tick
-                        scanned = True
                     live.inflight_since = now
                     live.next_due = max(live.next_due + live.spec.interval, now)
                     self._check_pool.submit(self._sample_job, live)
@@ -263,6 +259,7 @@ class Agent:
             self._sync_pids(live)
             self._on_result(lp, event[3])
         elif kind == "pid_exit":
+            self.processes.invalidate()  # the next process samples must not see the dead pid
             for policy, check in self._pid_owners.pop(event[1], set()):
                 lp = self.policies.get(policy)
                 if lp and check in lp.checks:

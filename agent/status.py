@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from agent.runner import Agent
 
 REFRESH = 10.0
+TICK = 0.5
+"""Compare live state with what was written at most this often (the loop wakes per result)."""
 
 
 class StatusWriter:
@@ -26,6 +28,7 @@ class StatusWriter:
         self.clock = clock
         self._written: dict[str, Any] = {}
         self._last_full = 0.0
+        self._last_tick = float("-inf")
 
     def agent_started(self, config: AgentConfig, pid: int) -> None:
         self.journal.put_agent_state(
@@ -45,6 +48,9 @@ class StatusWriter:
 
     def tick(self, agent: Agent) -> None:
         mono = self.clock.monotonic()
+        if mono - self._last_tick < TICK:
+            return
+        self._last_tick = mono
         full = mono - self._last_full >= REFRESH
         for name, lp in agent.policies.items():
             state = {
