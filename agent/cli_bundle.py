@@ -9,22 +9,24 @@ is unchanged), 2 the command could not run (bad trust directory, unreadable stat
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-from collections.abc import Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.bundle import BundleRejected, BundleStore, TrustStore, read_rejections
-from agent.bundle.keys import short_id
-from agent.bundle.manifest import format_time
-from agent.clock import SystemClock
-from agent.errors import StanchError
-
-OK, REJECTED, FAILED = 0, 1, 2
 DEFAULT_STATE_DIR = "/var/lib/stanch"
+
+
+def _lazy(name: str) -> Callable[[argparse.Namespace], int]:
+    """Defer the import of the bundle code (and ``cryptography``) until a command runs."""
+
+    def run(args: argparse.Namespace) -> int:
+        from agent.bundle import commands
+
+        result: int = getattr(commands, name)(args)
+        return result
+
+    return run
 
 
 def register(subparsers: Any) -> None:
@@ -44,15 +46,15 @@ def register(subparsers: Any) -> None:
     install.add_argument(
         "--allow-rename", action="store_true", help="let a bundle with another name replace it"
     )
-    install.set_defaults(func=cmd_install)
+    install.set_defaults(func=_lazy("cmd_install"))
 
     status = commands.add_parser("status", help="show the active bundle and whether it is stale")
     _state_arg(status)
-    status.set_defaults(func=cmd_status)
+    status.set_defaults(func=_lazy("cmd_status"))
 
     rejections = commands.add_parser("rejections", help="list recently refused bundles")
     _state_arg(rejections)
-    rejections.set_defaults(func=cmd_rejections)
+    rejections.set_defaults(func=_lazy("cmd_rejections"))
 
     rotate = commands.add_parser(
         "trust-update", help="accept the next trust root (signed by the current keys and its own)"
@@ -60,7 +62,7 @@ def register(subparsers: Any) -> None:
     rotate.add_argument("root", type=Path, help="the next root.json")
     _trust_args(rotate)
     _state_arg(rotate)
-    rotate.set_defaults(func=cmd_trust_update)
+    rotate.set_defaults(func=_lazy("cmd_trust_update"))
 
 
 def _trust_args(parser: argparse.ArgumentParser) -> None:
@@ -80,83 +82,6 @@ def _state_arg(parser: argparse.ArgumentParser) -> None:
         help=f"the agent's state dir (default: $STANCH_STATE_DIR or {DEFAULT_STATE_DIR})",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def state_dir(args: argparse.Namespace) -> Path:
-    chosen = getattr(args, "state_dir", None) or os.environ.get("STANCH_STATE_DIR")
-    return Path(chosen or DEFAULT_STATE_DIR)
-
-
-def cmd_install(args: argparse.Namespace) -> int:
-    store = BundleStore(state_dir(args))
-    try:
-        trust = TrustStore.load(args.trust, args.threshold)
-        done = store.install(
-            args.file,
-            trust,
-            SystemClock().now(),
-            allow_rollback=args.allow_rollback,
-            allow_rename=args.allow_rename,
-        )
-    except BundleRejected as exc:
-        if args.json:
-            _emit(args, {"installed": False, "reason": str(exc.reason), "message": exc.message})
-        print(f"stanch-agent: {exc}; the active bundle is unchanged", file=sys.stderr)
-        return REJECTED
-    except StanchError as exc:
-        return _fail(exc)
-    verb = "activated" if done.changed else "already active:"
-    text = f"{verb} {done.name} v{done.version} ({done.digest})"
-    _emit(args, {"installed": True, **asdict(done)}, text)
-    return OK
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    try:
-        status = BundleStore(state_dir(args)).active_status()
-    except StanchError as exc:
-        return _fail(exc)
-    if status is None:
-        _emit(args, {"active": None}, "no bundle active")
-        return OK
-    doc = {"active": {**asdict(status), "policy_dir": str(status.policy_dir)}}
-    stale = "  STALE: expired, still running until a fresh bundle arrives" if status.stale else ""
-    text = (
-        f"{status.name} v{status.version}  {status.digest}\n"
-        f"  created {format_time(status.created)}  expires {format_time(status.expires)}{stale}\n"
-        f"  activated {format_time(status.activated_at)}  signed by "
-        f"{', '.join(short_id(s) for s in status.signers)}\n"
-        f"  policies: {status.policy_dir}"
-    )
-    _emit(args, doc, text)
-    return OK
-
-
-def cmd_rejections(args: argparse.Namespace) -> int:
-    records = read_rejections(state_dir(args))
-    lines = [f"{format_time(r.at)}  {r.reason}  {r.file}: {r.message}" for r in records]
-    _emit(args, {"rejections": [asdict(r) for r in records]}, "\n".join(lines) or "none")
-    return OK
-
-
-def cmd_trust_update(args: argparse.Namespace) -> int:
-    try:
-        base = TrustStore.load(args.trust, args.threshold)
-        new = BundleStore(state_dir(args)).update_root(args.root, base)
-    except StanchError as exc:
-        return _fail(exc)
-    doc = {"version": new.version, "threshold": new.threshold, "keys": sorted(new.keys)}
-    _emit(args, doc, f"trust root v{new.version}: {len(new.keys)} keys, threshold {new.threshold}")
-    return OK
-
-
-def _emit(args: argparse.Namespace, doc: dict[str, Any], text: str = "") -> None:
-    print(json.dumps(doc, sort_keys=True, default=str) if args.json else text)
-
-
-def _fail(exc: StanchError) -> int:
-    print(f"stanch-agent: {exc}", file=sys.stderr)
-    return FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:

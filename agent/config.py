@@ -31,6 +31,9 @@ class AgentConfig:
     sinks: dict[str, Any] = field(default_factory=dict)
     """Sink name -> parsed sink config (see ``agent.notify``)."""
     check_workers: int = 4
+    policy_source: str = "directory"
+    """``directory``: load ``policies_dir``. ``bundle``: run the active signed bundle in
+    ``state_dir`` (installed with ``stanch-agent bundle install``); never a silent fallback."""
     housekeeping_interval: float = 600.0
 
     @property
@@ -70,6 +73,7 @@ def parse_config(raw: object, file: str = "<config>", **overrides: Any) -> Agent
     labels = host.str_map("labels")
     host.done()
     policies = f.string("policies", "/etc/stanch/policies")
+    source = f.choice("policy_source", {"directory": "directory", "bundle": "bundle"}, "directory")
     state = f.string("state_dir", "/var/lib/stanch")
     root = f.string("root", "/")
     limits = f.section("limits")
@@ -102,6 +106,7 @@ def parse_config(raw: object, file: str = "<config>", **overrides: Any) -> Agent
         "default_sinks": default_sinks,
         "sinks": sinks,
         "check_workers": check_workers,
+        "policy_source": source,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     for key in ("policies_dir", "state_dir", "root"):

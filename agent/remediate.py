@@ -92,9 +92,11 @@ def run_steps(
     values: Mapping[str, MetricValue],
     runner: CommandRunner,
     on_step: Callable[[list[StepRecord]], None] | None = None,
+    base_env: Mapping[str, str] | None = None,
 ) -> list[StepRecord]:
     """Run steps in order; stop at the first failure unless the step says continue_on_error.
-    ``on_step`` sees the records so far after each step (the journal saves them as they come)."""
+    ``on_step`` sees the records so far after each step (the journal saves them as they come).
+    ``base_env`` is set for every step under the step's own ``env``."""
     records: list[StepRecord] = []
     for step in steps:
         try:
@@ -104,7 +106,9 @@ def run_steps(
             if on_step:
                 on_step(records)
             break
-        outcome = runner.run(argv, step.timeout, scrubbed_env(dict(step.env)), step.cwd)
+        outcome = runner.run(
+            argv, step.timeout, scrubbed_env({**(base_env or {}), **dict(step.env)}), step.cwd
+        )
         error = outcome.error
         if error is None and outcome.exit_code != 0:
             error = f"exited with status {outcome.exit_code}"

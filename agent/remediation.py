@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agent import failpoints
@@ -85,10 +86,16 @@ class Remediation:
             steps_json[:] = [r.to_dict() for r in records]
             self.journal.record_steps(self.execution_id, steps_json)
 
-        records = run_steps(self.policy.steps, template_values(self.results), self.runner, save)
+        # Scripts shipped beside the policy (in a bundle: its files/) are found via POLICY_DIR.
+        policy_dir = {"POLICY_DIR": str(Path(self.policy.source).parent)}
+        records = run_steps(
+            self.policy.steps, template_values(self.results), self.runner, save, policy_dir
+        )
         failpoints.hit("crash_after_steps")
-        failed = next((r for r in records if not r.ok and r.error), None)
-        hard_fail = failed is not None and not _continued(self.policy, failed.name)
+        # The first failure of a step that may not fail; a tolerated failure before it
+        # (continue_on_error) must not hide it.
+        failed = next((r for r in records if r.error and not _continued(self.policy, r.name)), None)
+        hard_fail = failed is not None
         cleared, verification, results = self._verify()
         if cleared:
             status, summary = "fixed", verification

@@ -23,6 +23,7 @@ import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from agent import failpoints
@@ -45,6 +46,7 @@ from agent.sampling import LiveCheck, build_check, sample, timed_out
 from agent.status import StatusWriter
 
 MAX_WAIT = 1.0
+SOURCE_POLL = 2.0
 
 
 @dataclass
@@ -89,6 +91,9 @@ class Agent:
         self.status = StatusWriter(self.journal, self.clock)
         self.storm = False
         self._overdue: set[tuple[str, str]] = set()
+        self._next_housekeeping = 0.0
+        self._next_prune = 0.0
+        self._source_stamp: int | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -117,6 +122,7 @@ class Agent:
                 policy=None,
                 execution_id=row.id,
             )
+        self._source_stamp = self._pointer_stamp()
         self.reload()
         self.escalator.start()
         self.status.agent_started(self.config, os.getpid())
@@ -139,8 +145,32 @@ class Agent:
                 timeout = self._schedule()
                 self._drain_events(timeout)
                 self.status.tick(self)
+                self._housekeeping()
         finally:
             self.shutdown(drain_timeout)
+
+    def _housekeeping(self) -> None:
+        """Every few seconds: notice a newly activated bundle (reload); every
+        ``housekeeping_interval``: prune the journal so it stays bounded."""
+        mono = self.clock.monotonic()
+        if mono < self._next_housekeeping:
+            return
+        self._next_housekeeping = mono + SOURCE_POLL
+        if self.config.policy_source == "bundle":
+            stamp = self._pointer_stamp()
+            if stamp != self._source_stamp:
+                self._source_stamp = stamp
+                log_event("bundle_changed", state_dir=str(self.config.state_dir))
+                self.reload()
+        if mono >= self._next_prune:
+            self._next_prune = mono + self.config.housekeeping_interval
+            self.journal.prune(self.clock.now())
+
+    def _pointer_stamp(self) -> int | None:
+        try:
+            return (self.config.state_dir / "bundles" / "active.json").stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
 
     def shutdown(self, drain_timeout: float) -> None:
         """Stop sampling; let running remediations finish (bounded), then close everything.
@@ -165,7 +195,7 @@ class Agent:
     def reload(self) -> None:
         """(Re)load policies. A file that fails validation keeps its last good version running;
         a policy whose document did not change keeps its runtime state (memory, schedule)."""
-        result = load_dir(self.config.policies_dir)
+        result = load_dir(self.policy_dir())
         self.load_errors = [str(e) for e in result.errors]
         for error in result.errors:
             log_event(
@@ -198,6 +228,27 @@ class Agent:
                 self.policies[name] = LivePolicy(policy, checks)
         self.journal.drop_policy_states(list(self.policies))
         log_event("policies_loaded", policies=sorted(self.policies), errors=len(result.errors))
+
+    def policy_dir(self) -> Path:
+        """Where policies come from: the configured directory, or the active signed bundle."""
+        if self.config.policy_source != "bundle":
+            return self.config.policies_dir
+        from agent.bundle.pointer import PointerCorrupt, active_policy_dir
+
+        try:
+            directory = active_policy_dir(self.config.state_dir)
+        except PointerCorrupt as exc:
+            log_event("bundle_pointer_corrupt", logging.ERROR, error=str(exc))
+            directory = None
+        if directory is None:
+            log_event(
+                "no_active_bundle",
+                logging.WARNING,
+                state_dir=str(self.config.state_dir),
+                hint="install one with `stanch-agent bundle install FILE --trust DIR`",
+            )
+            return self.config.state_dir / "bundles" / "none"
+        return directory
 
     def _drop(self, name: str) -> None:
         lp = self.policies.pop(name)

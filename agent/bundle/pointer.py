@@ -82,3 +82,13 @@ class ActiveStatus:
     """Past its expiry. It keeps running (availability wins); a fresh bundle is overdue."""
     signers: tuple[str, ...]
     policy_dir: Path
+
+
+def active_policy_dir(state_dir: Path) -> Path | None:
+    """The policy files of the bundle active in ``state_dir``, or None. Reads only the pointer:
+    the bundle was verified when it was activated, so running it needs no cryptography."""
+    pointer = ActivePointer.read(state_dir / "bundles")
+    if pointer is None:
+        return None
+    directory = state_dir / "bundles" / pointer.digest / "files"
+    return directory if directory.is_dir() else None

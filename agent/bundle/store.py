@@ -31,7 +31,7 @@ from agent import failpoints
 from agent.bundle.archive import MAX_BUNDLE_BYTES
 from agent.bundle.durable import fsync_dir, write_atomic, write_synced
 from agent.bundle.manifest import Manifest
-from agent.bundle.pointer import MAX_HISTORY, ActivePointer, ActiveStatus
+from agent.bundle.pointer import MAX_HISTORY, ActivePointer, ActiveStatus, active_policy_dir
 from agent.bundle.rejection import BundleRejected, Reason, Rejection, RejectionLog
 from agent.bundle.succession import check_succession
 from agent.bundle.trust import TrustStore, read_envelope
@@ -78,11 +78,7 @@ class BundleStore:
 
     def active_policy_dir(self) -> Path | None:
         """The active bundle's files (top-level ``*.yaml`` are the policies), or None."""
-        pointer = self.active()
-        if pointer is None:
-            return None
-        directory = self.bundles / pointer.digest / "files"
-        return directory if directory.is_dir() else None
+        return active_policy_dir(self.state_dir)
 
     def active_status(self, now: float | None = None) -> ActiveStatus | None:
         pointer = self.active()
