@@ -13,6 +13,8 @@ import yaml
 from agent.engine.guardrails import StormGuard
 from agent.errors import ConfigError
 from agent.policy.fields import ErrorSink, Fields
+from agent.policy.loader import parse_window
+from agent.policy.model import Window
 
 CONFIG_KIND = "AgentConfig"
 
@@ -31,6 +33,8 @@ class AgentConfig:
     sinks: dict[str, Any] = field(default_factory=dict)
     """Sink name -> parsed sink config (see ``agent.notify``)."""
     check_workers: int = 4
+    maintenance: tuple[Window, ...] = ()
+    """Host-wide maintenance windows: no policy acts inside them."""
     policy_source: str = "directory"
     """``directory``: load ``policies_dir``. ``bundle``: run the active signed bundle in
     ``state_dir`` (installed with ``stanch-agent bundle install``); never a silent fallback."""
@@ -84,6 +88,7 @@ def parse_config(raw: object, file: str = "<config>", **overrides: Any) -> Agent
     storm = f.section("storm")
     guard = StormGuard(storm.number("percent", 50.0, minimum=0), storm.integer("min_firing", 3))
     storm.done()
+    windows = f.items("maintenance", lambda item, path: parse_window(item, path, sink))
     esc = f.section("escalation")
     default_sinks = esc.str_list("default_sinks", ())
     esc.done()
@@ -107,6 +112,7 @@ def parse_config(raw: object, file: str = "<config>", **overrides: Any) -> Agent
         "sinks": sinks,
         "check_workers": check_workers,
         "policy_source": source,
+        "maintenance": tuple(windows),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     for key in ("policies_dir", "state_dir", "root"):

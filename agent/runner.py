@@ -405,6 +405,7 @@ class Agent:
             host_max_concurrency=self.config.max_concurrency,
             host_runs_last_hour=self.journal.host_attempts_since(now - 3600.0),
             host_max_per_hour=self.config.max_runs_per_hour,
+            host_maintenance=self.config.maintenance,
         )
 
     def _apply(self, lp: LivePolicy, ev: Evaluation, decision: Decision) -> None:

@@ -16,7 +16,7 @@ from enum import StrEnum
 from agent.duration import format_duration
 from agent.engine.guardrails import active_window, budget_until, window_end
 from agent.engine.rules import Evaluation
-from agent.policy.model import Mode, Policy
+from agent.policy.model import Mode, Policy, Window
 
 
 class Outcome(StrEnum):
@@ -57,6 +57,8 @@ class Facts:
     host_max_concurrency: int = 2
     host_runs_last_hour: tuple[float, ...] = ()
     host_max_per_hour: int = 20
+    host_maintenance: tuple[Window, ...] = ()
+    """Host-wide maintenance windows from the agent config, on top of the policy's own."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,7 @@ def decide(policy: Policy, ev: Evaluation, facts: Facts) -> Decision:
         why = f" ({facts.pause_reason})" if facts.pause_reason else ""
         when = f"until {clock_text(until)}" if until is not None else "until resumed"
         return _suppress("paused", f"kill switch: paused {facts.pause_scope} {when}{why}", until)
-    window = active_window(g.maintenance, now)
+    window = active_window((*g.maintenance, *facts.host_maintenance), now)
     if window is not None:
         end = window_end(window, now)
         label = f" {window.name!r}" if window.name else ""
