@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 DEFAULT_OUTPUT_LIMIT = 64 * 1024
 KILL_GRACE = 2.0
@@ -152,15 +153,20 @@ def _pump(
     err: _Capture,
     deadline: float,
 ) -> bool:
-    """Feed stdin, drain stdout/stderr until both close and the child exits. True on timeout."""
-    if proc.stdin is not None:
-        try:
-            proc.stdin.write(stdin or b"")
-            proc.stdin.close()
-        except (BrokenPipeError, OSError):
-            pass
+    """Feed stdin, drain stdout/stderr until both close and the child exits. True on timeout.
+
+    Stdin is written from the same loop, non-blocking: a blocking write of more than a pipe
+    buffer would wait forever on a child that does not read (or that waits for us to read its
+    output first), and the deadline would never be checked."""
     sel = selectors.DefaultSelector()
     assert proc.stdout is not None and proc.stderr is not None
+    pending = memoryview(stdin or b"")
+    if proc.stdin is not None:
+        if pending:
+            os.set_blocking(proc.stdin.fileno(), False)
+            sel.register(proc.stdin, selectors.EVENT_WRITE, None)
+        else:
+            proc.stdin.close()
     sel.register(proc.stdout, selectors.EVENT_READ, out)
     sel.register(proc.stderr, selectors.EVENT_READ, err)
     try:
@@ -177,6 +183,9 @@ def _pump(
             if remaining <= 0:
                 return True
             for key, _ in sel.select(timeout=min(remaining, 0.05)):
+                if key.data is None and proc.stdin is not None:
+                    pending = _feed(proc.stdin, pending, sel)
+                    continue
                 chunk = os.read(key.fd, 65536)
                 if not chunk:
                     sel.unregister(key.fileobj)
@@ -190,8 +199,28 @@ def _pump(
         return False
     finally:
         sel.close()
+        if proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def _feed(pipe: IO[bytes], pending: memoryview, sel: selectors.BaseSelector) -> memoryview:
+    """Write what the child's stdin pipe takes now; close it when all is written (EOF) or
+    the child closed its end (the rest is dropped, as a shell pipeline would)."""
+    try:
+        written = os.write(pipe.fileno(), pending[:65536])
+    except BlockingIOError:
+        return pending
+    except OSError:  # BrokenPipeError: the child will not read any more
+        written = len(pending)
+    pending = pending[written:]
+    if not pending:
+        sel.unregister(pipe)
+        with contextlib.suppress(OSError):
+            pipe.close()
+    return pending
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
