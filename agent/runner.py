@@ -44,6 +44,7 @@ from agent.remediate import CommandRunner, SubprocessRunner
 from agent.remediation import Remediation, RemediationResult
 from agent.sampling import LiveCheck, build_check, sample, timed_out
 from agent.status import StatusWriter
+from agent.workers import WorkerPool
 
 MAX_WAIT = 1.0
 SOURCE_POLL = 2.0
@@ -84,7 +85,7 @@ class Agent:
         self._pid_owners: dict[int, set[tuple[str, str]]] = {}
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self._check_pool = ThreadPoolExecutor(config.check_workers, "stanch-check")
+        self._check_pool = WorkerPool(config.check_workers, "stanch-check")
         self._fix_pool = ThreadPoolExecutor(config.max_concurrency, "stanch-fix")
         self.watcher = PidWatcher(lambda pid: self.events.put(("pid_exit", pid)))
         self.escalator = Escalator(config, self.journal, self.clock)
@@ -177,7 +178,7 @@ class Agent:
         A remediation still running at the deadline stays ``running`` in the journal and is
         marked ``interrupted`` at the next start, never re-run."""
         log_event("agent_stopping", running=[p for p, lp in self.policies.items() if lp.running])
-        self._check_pool.shutdown(wait=False, cancel_futures=True)
+        self._check_pool.close()
         deadline = self.clock.monotonic() + drain_timeout
         while any(lp.running for lp in self.policies.values()):
             left = deadline - self.clock.monotonic()
@@ -252,6 +253,8 @@ class Agent:
 
     def _drop(self, name: str) -> None:
         lp = self.policies.pop(name)
+        self._overdue = {key for key in self._overdue if key[0] != name}
+        self._check_pool.set_stuck(len(self._overdue))
         for live in lp.checks.values():
             for pid in live.pids:
                 self._unwatch(pid, live.key)
@@ -269,6 +272,14 @@ class Agent:
                     elapsed = now - live.inflight_since
                     if elapsed > live.spec.timeout and live.key not in self._overdue:
                         self._overdue.add(live.key)
+                        self._check_pool.set_stuck(len(self._overdue))
+                        log_event(
+                            "check_timed_out",
+                            logging.WARNING,
+                            policy=lp.policy.name,
+                            check=live.spec.name,
+                            seconds=round(elapsed, 1),
+                        )
                         self._on_result(lp, timed_out(live, wall, elapsed))
                     continue
                 if live.next_due <= now:
@@ -306,7 +317,9 @@ class Agent:
             if lp is None or live is None:
                 return
             live.inflight_since = None
-            self._overdue.discard(live.key)
+            if live.key in self._overdue:
+                self._overdue.discard(live.key)
+                self._check_pool.set_stuck(len(self._overdue))
             self._sync_pids(live)
             self._on_result(lp, event[3])
         elif kind == "pid_exit":
@@ -352,6 +365,8 @@ class Agent:
             if was_firing:
                 self._cleared(lp, ev)
             return
+        if lp.running:
+            return  # the remediation's own verification decides; its result is recorded
         decision = decide(lp.policy, ev, self.facts(lp))
         self._apply(lp, ev, decision)
 
