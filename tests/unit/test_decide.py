@@ -119,6 +119,16 @@ def test_maintenance_window() -> None:
     assert decide(POLICY, FIRING, facts()).reason == "rule_matched"
 
 
+def test_host_wide_maintenance_window() -> None:
+    host = Window(start_minute=9 * 60 + 30, end_minute=10 * 60 + 15, name="host-patching")
+    d = decide(POLICY, FIRING, facts(host_maintenance=(host,)))
+    end = datetime(2026, 11, 24, 10, 15, tzinfo=UTC).timestamp()
+    assert (d.outcome, d.reason, d.until) == (Outcome.SUPPRESS, "maintenance", end)
+    assert d.message == "suppressed: maintenance window 'host-patching' until 10:15:00 UTC"
+    later = facts(now=end, host_maintenance=(host,))
+    assert decide(POLICY, FIRING, later).reason == "rule_matched"
+
+
 def test_storm() -> None:
     d = decide(POLICY, FIRING, facts(storm=True, storm_detail="5 of 6 policies firing at once"))
     assert (d.outcome, d.reason, d.escalate) == (Outcome.SUPPRESS, "storm", "storm")
