@@ -94,9 +94,33 @@ def evaluate(
 def problem_cleared(rule: Rule, results: Mapping[str, CheckResult]) -> tuple[bool, str]:
     """Verification: does the ``when`` condition hold on fresh results, ignoring ``for`` and
     hysteresis memory? A remediation counts as fixed only when this returns True."""
+    missing = _missing(rule.when, results)
+    if missing:
+        # No data is not evidence of a fix: keep verifying until every check reports a value.
+        return False, "no data for " + "; ".join(missing)
     why: list[str] = []
     still = _eval(rule.when, results, {}, 0.0, why, {}, instant=True)
     return (not still), "; ".join(why)
+
+
+def _missing(cond: Condition, results: Mapping[str, CheckResult]) -> list[str]:
+    """Leaves of ``cond`` whose check has no result or whose metric is absent."""
+    if isinstance(cond, AllOf | AnyOf):
+        return [m for c in cond.items for m in _missing(c, results)]
+    if isinstance(cond, Not):
+        return _missing(cond.item, results)
+    result = results.get(cond.check)
+    if result is None:
+        return [f"{cond.check} (no result)"]
+    if isinstance(cond, StateIs):
+        return (
+            []
+            if result.status is not Status.UNKNOWN or Status.UNKNOWN in cond.states
+            else [f"{cond.check} ({result.error or 'unknown'})"]
+        )
+    if cond.metric not in result.metrics:
+        return [f"{cond.check}.{cond.metric} ({result.error or 'no value'})"]
+    return []
 
 
 def _eval(

@@ -244,13 +244,8 @@ def test_not_over_missing_data_is_true() -> None:
     assert evaluate(rule, res("disk", used_percent=10.0), {}, now=0.0).firing
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: problem_cleared() counts a missing metric as 'cleared' with an empty "
-    "explanation, so a check that errors after the steps (UNKNOWN, no metrics) makes the "
-    "remediation 'fixed' (agent/engine/rules.py problem_cleared/_eval)",
-)
 def test_problem_cleared_does_not_count_missing_data_as_fixed() -> None:
+    """A check that errors after the steps (UNKNOWN, no metrics) is not evidence of a fix."""
     rule = Rule(Compare("when", "disk", "used_percent", ">", 90.0, for_=300.0))
     cleared, why = problem_cleared(rule, res("disk", Status.UNKNOWN, "check timed out"))
     assert not cleared
