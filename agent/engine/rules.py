@@ -5,7 +5,7 @@ Two pieces of memory make rules behave like Prometheus alerts rather than flappi
 
 - ``for``: a leaf condition must hold continuously for that long before it counts as true;
 - ``clear`` (hysteresis): once a threshold condition fired, it stays true until the value crosses
-  back past ``clear``, e.g. fire above 90 % disk, clear only below 80 %.
+  back past ``clear``, e.g. fire above 90 % disk, clear only at or below 80 %.
 
 That memory is a plain dict owned by the caller, passed in and returned, so a test can drive the
 function with a fake clock and inspect every step.

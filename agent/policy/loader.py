@@ -221,7 +221,8 @@ def _check(name: str, f: Fields) -> CheckSpec | None:
     metrics = ctype.metrics if ctype else None
     warning = _threshold(f, "warning", metrics)
     critical = _threshold(f, "critical", metrics)
-    f.done()
+    if ctype is not None:
+        f.done()  # with an unknown type its own keys are unknowable: report the type only
     if ctype is None:
         return None
     return CheckSpec(
