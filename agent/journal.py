@@ -303,6 +303,26 @@ class Journal:
             )
         return [self._execution(r) for r in rows]
 
+    def running_executions(self) -> list[ExecutionRow]:
+        rows = self._query("SELECT * FROM executions WHERE status = 'running'")
+        return [self._execution(r) for r in rows]
+
+    def mark_interrupted(self, execution_id: str, at: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE executions SET status = 'interrupted', finished_at = ?, "
+                "error = 'agent stopped before the result was recorded; not re-run' "
+                "WHERE id = ? AND status = 'running'",
+                (at, execution_id),
+            )
+
+    def has_decision(self, execution_id: str, outcome: str) -> bool:
+        rows = self._query(
+            "SELECT 1 FROM decisions WHERE execution_id = ? AND outcome = ? LIMIT 1",
+            (execution_id, outcome),
+        )
+        return bool(rows)
+
     def attempts_since(self, policy: str, since: float) -> tuple[float, ...]:
         rows = self._query(
             "SELECT started_at FROM executions WHERE policy = ? AND started_at > ?",

@@ -101,21 +101,24 @@ class Agent:
     def start(self) -> None:
         """Recover from a crash, load policies, start helpers. Called by ``run``."""
         now = self.clock.now()
-        for row in self.journal.recover_interrupted(now):
+        for row in self.journal.running_executions():
+            # Report first, then mark: a crash in between repeats the report (the decision is
+            # written once per execution, the page is deduplicated) and never loses it.
             log_event(
                 "execution_interrupted", logging.WARNING, policy=row.policy, correlation_id=row.id
             )
-            self.journal.record_decision(
-                row.policy,
-                now,
-                "interrupted",
-                "crash_recovery",
-                f"remediation {row.id} was interrupted by an agent stop; counted against the "
-                "budget and not re-run",
-                {},
-                [],
-                execution_id=row.id,
-            )
+            if not self.journal.has_decision(row.id, "interrupted"):
+                self.journal.record_decision(
+                    row.policy,
+                    now,
+                    "interrupted",
+                    "crash_recovery",
+                    f"remediation {row.id} was interrupted by an agent stop; counted against "
+                    "the budget and not re-run",
+                    row.observed,
+                    [],
+                    execution_id=row.id,
+                )
             self.escalator.escalate(
                 row.policy,
                 "interrupted",
@@ -123,6 +126,8 @@ class Agent:
                 policy=None,
                 execution_id=row.id,
             )
+            failpoints.hit("crash_after_recover_report")
+            self.journal.mark_interrupted(row.id, now)
         self._source_stamp = self._pointer_stamp()
         self.reload()
         self.escalator.start()
@@ -228,6 +233,7 @@ class Agent:
                     live.next_due = now
                 self.policies[name] = LivePolicy(policy, checks)
         self.journal.drop_policy_states(list(self.policies))
+        self.status.force()
         log_event("policies_loaded", policies=sorted(self.policies), errors=len(result.errors))
 
     def policy_dir(self) -> Path:

@@ -46,6 +46,11 @@ class StatusWriter:
     def agent_stopped(self) -> None:
         self.journal.put_agent_state({"stopped_at": self.clock.now()})
 
+    def force(self) -> None:
+        """Write everything at the next tick (after a reload: new load errors show at once)."""
+        self._last_full = float("-inf")
+        self._last_tick = float("-inf")
+
     def tick(self, agent: Agent) -> None:
         mono = self.clock.monotonic()
         if mono - self._last_tick < TICK:

@@ -97,8 +97,8 @@ def decide(policy: Policy, ev: Evaluation, facts: Facts) -> Decision:
     if facts.storm:
         return _suppress(
             "storm",
-            f"storm guard: {facts.storm_detail}; automation stopped host-wide, escalating",
-            escalate="storm",
+            f"storm guard: {facts.storm_detail}; automation stopped host-wide, escalated "
+            "once for the host",
         )
     if ev.context:
         return _suppress(

@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pytest
-
 if TYPE_CHECKING:
     from conftest import AgentHarness
 
@@ -142,7 +140,7 @@ def test_storm_guard_stops_automation_host_wide(harness: AgentHarness, tmp_path:
     for name in names:
         row = harness.wait_decision(name, "suppressed", "storm", timeout=15)
         assert re.match(r"suppressed: storm guard: [23] of 3 policies firing at once", row.message)
-        assert "automation stopped host-wide, escalating" in row.message
+        assert "automation stopped host-wide, escalated once for the host" in row.message
     # The first policy to fire may act before the second fires: that is not yet a storm.
     assert len(harness.executions()) <= 1
     page = harness.wait_escalation("storm")
@@ -150,11 +148,6 @@ def test_storm_guard_stops_automation_host_wide(harness: AgentHarness, tmp_path:
     assert re.fullmatch(r"[23] of 3 policies firing at once \(storm-.*\)", page["message"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: decide() gives each storm-suppressed policy escalate='storm', so the runner "
-    "pages once per policy on top of the host-wide page (agent/runner.py _apply)",
-)
 def test_storm_pages_once_host_wide_not_per_policy(harness: AgentHarness, tmp_path: Path) -> None:
     """A storm is one widespread problem: one host-wide page, not one per firing policy."""
     names = storm_of_three(harness, tmp_path)

@@ -9,8 +9,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pytest
-
 if TYPE_CHECKING:
     from conftest import AgentHarness, FakeService, ProcessTracker
 
@@ -126,11 +124,6 @@ def test_bad_policy_rejected_while_good_ones_run(
     assert len(executions) == 2 and service.alive()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: agent_state.load_errors is only rewritten on the 10 s full status refresh "
-    "(agent/status.py REFRESH), so `stanch-agent status` shows stale errors after a reload",
-)
 def test_status_shows_new_load_errors_soon_after_reload(
     harness: AgentHarness, tmp_path: Path
 ) -> None:

@@ -131,10 +131,11 @@ def test_host_wide_maintenance_window() -> None:
 
 def test_storm() -> None:
     d = decide(POLICY, FIRING, facts(storm=True, storm_detail="5 of 6 policies firing at once"))
-    assert (d.outcome, d.reason, d.escalate) == (Outcome.SUPPRESS, "storm", "storm")
+    # No per-policy page: the runner escalates a storm once for the whole host.
+    assert (d.outcome, d.reason, d.escalate) == (Outcome.SUPPRESS, "storm", None)
     assert d.message == (
         "suppressed: storm guard: 5 of 6 policies firing at once; automation stopped "
-        "host-wide, escalating"
+        "host-wide, escalated once for the host"
     )
 
 
