@@ -60,6 +60,8 @@ def _create(path: Path, data: bytes, mode: int) -> None:
 
 
 def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519PrivateKey:
+    if not path.exists() and path.with_name(path.name + ".key").exists():
+        path = path.with_name(path.name + ".key")  # the name given to `opsctl keys generate`
     try:
         info = path.stat()
         with path.open("rb") as handle:
