@@ -121,6 +121,9 @@ class Journal:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=10000")
+        # A bounded page cache (512 KiB): the journal is small and mostly appended to, and the
+        # agent's memory must stay flat over months.
+        self._db.execute("PRAGMA cache_size=-512")
         self._last_decision: dict[str, tuple[int, str, str]] = {}
         self._migrate()
 

@@ -253,12 +253,14 @@ def main() -> int:
     ap.add_argument("--window", type=float, default=30.0, help="CPU measuring window, s")
     ap.add_argument("--latency-runs", type=int, default=15)
     ap.add_argument("--soak", type=float, default=0.0, help="also run a soak of this many s")
+    ap.add_argument("--only", choices=("footprint", "latency", "soak"), help="run one part")
     args = ap.parse_args()
+    run = {args.only} if args.only else {"footprint", "latency", "soak"}
     print(
         f"machine: {os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, "
         f"kernel {os.uname().release}, python {sys.version.split()[0]}"
     )
-    for interval in ("10s", "1s"):
+    for interval in ("10s", "1s") if "footprint" in run else ():
         runs = [footprint(interval, 10.0, args.window) for _ in range(args.repeats)]
         rss = statistics.median(r[0] for r in runs)
         cpu = statistics.median(r[1] for r in runs)
@@ -268,7 +270,7 @@ def main() -> int:
             + ", ".join(f"{r:.1f} MiB/{c:.2f} %" for r, c in runs)
             + ")"
         )
-    for watch, interval in ((False, "1s"), (True, "30s")):
+    for watch, interval in ((False, "1s"), (True, "30s")) if "latency" in run else ():
         lat = latency(watch, interval, args.latency_runs)
         label = "watched process (pidfd), 30 s poll" if watch else "polled process check @ 1 s"
         print(
@@ -276,10 +278,16 @@ def main() -> int:
             f" ms, p90 {1000 * pct(lat, 0.9):.0f} ms, max {1000 * max(lat):.0f} ms "
             f"(n={len(lat)})"
         )
-    if args.soak:
+    if args.soak and "soak" in run:
         samples = soak(args.soak)
         first = statistics.median(s[1] for s in samples[: max(1, len(samples) // 10)])
         last = statistics.median(s[1] for s in samples[-max(1, len(samples) // 10) :])
+        curve = ", ".join(
+            f"{samples[min(len(samples) - 1, int(q * len(samples)))][0]:.0f}s "
+            f"{samples[min(len(samples) - 1, int(q * len(samples)))][1]:.1f}"
+            for q in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+        )
+        print(f"- soak RSS curve (elapsed, MiB): {curve}")
         print(
             f"- soak {args.soak:.0f} s, 101 checks @ 1 s + a restart every 3 s: RSS first "
             f"10 % median {first:.1f} MiB, last 10 % median {last:.1f} MiB"
