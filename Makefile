@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck unit test-slow bench clean
+.PHONY: venv demo test lint typecheck unit test-slow bench clean proto
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: lint typecheck unit
 # Soak and fault runs, kept out of `make test`.
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
+
+# Regenerate stanch/ (protobuf + gRPC code) from proto/**/*.proto; commit the result.
+proto: $(STAMP)
+	$(BIN)/python proto/generate.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/agent_bench.py
