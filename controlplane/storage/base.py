@@ -1,0 +1,231 @@
+"""The control plane's storage interface: the records it keeps and the one Protocol that holds them.
+
+Why a narrow Protocol: one control plane on SQLite serves a lab or a small fleet; at scale several
+stateless replicas share PostgreSQL. Everything above this module speaks only these methods and
+these frozen records, so a second backend is one new class, not a rewrite. The methods are
+synchronous and each is one transaction; the server calls them from a single storage thread
+(``controlplane.storage.runner``), never from the event loop.
+
+Exactly-once reports rest on one rule every backend must keep: ``(host_id, id)`` is unique and a
+redelivered report is ignored, yet still acknowledged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    host_id: str
+    labels: Mapping[str, str]
+    agent_version: str = ""
+    bundle_digest: str = ""
+    bundle_version: int = 0
+    last_seen: float = 0.0
+    connected: bool = False
+    last_assignment_seq: int = 0
+    """The highest sequence the agent said it accepted (from Hello and apply results)."""
+    health: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BundleRecord:
+    digest: str
+    name: str
+    version: int
+    created: float
+    expires: float
+    size: int
+    signers: tuple[str, ...]
+    published_at: float
+    manual_minutes: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AssignmentPayload:
+    """What the control plane signs: "host X should run bundle D, sequence N"."""
+
+    host_id: str
+    bundle_digest: str
+    bundle_version: int
+    seq: int
+    issued_at: float
+    rollout_id: str
+
+
+@dataclass(frozen=True)
+class AssignmentRequest:
+    host_id: str
+    bundle_digest: str
+    bundle_version: int
+    rollout_id: str
+
+
+@dataclass(frozen=True)
+class AssignmentRecord:
+    host_id: str
+    seq: int
+    bundle_digest: str
+    bundle_version: int
+    rollout_id: str
+    issued_at: float
+    envelope: bytes
+    status: str = "pending"
+    """pending | applied | rejected."""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    id: str
+    bundle_digest: str
+    selector: Mapping[str, str]
+    waves: tuple[str, ...]
+    bake_seconds: float
+    gates: Mapping[str, str]
+    gate_modes: Mapping[str, str]
+    state: str
+    wave: int
+    wave_started_at: float
+    created_at: float
+    updated_at: float
+    reason: str = ""
+    by: str = ""
+    gate_results: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class RolloutHost:
+    """One host a rollout touched: where it was before, and what happened since."""
+
+    rollout_id: str
+    host_id: str
+    wave: int
+    previous_digest: str
+    previous_version: int
+    seq: int
+    assigned_at: float
+    status: str = "assigned"
+    """assigned | applied | failed | rolled_back | stranded (no previous bundle to go back to)."""
+    reason: str = ""
+    applied_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Report:
+    host_id: str
+    id: int
+    kind: str
+    policy: str
+    at: float
+    outcome: str
+    reason: str
+    body_json: str
+
+
+@dataclass(frozen=True)
+class ReportQuery:
+    host: str = ""
+    policy: str = ""
+    kind: str = ""
+    since: float = 0.0
+    limit: int = 200
+    hosts: tuple[str, ...] = ()
+    """When not empty, only these hosts (rollout gates look at the updated hosts only)."""
+
+
+@dataclass(frozen=True)
+class PauseRecord:
+    id: int
+    scope: str
+    selector: Mapping[str, str]
+    until: float
+    """0 = until resumed."""
+    reason: str
+    by: str
+    created_at: float
+
+    def active(self, now: float) -> bool:
+        return self.until == 0 or self.until > now
+
+
+@dataclass(frozen=True)
+class EscalationRecord:
+    id: int
+    at: float
+    source: str
+    policy: str
+    message: str
+
+
+Signer = Callable[[AssignmentPayload], bytes]
+
+
+class Storage(Protocol):
+    # ---- agents
+    def upsert_agent(self, agent: AgentRecord) -> None: ...
+    def touch_agents(self, seen: Mapping[str, tuple[float, Mapping[str, Any]]]) -> None:
+        """Record heartbeats, ``host -> (at, health)``, many in one transaction."""
+        ...
+
+    def set_connected(self, host_id: str, connected: bool, at: float) -> None: ...
+    def disconnect_all(self) -> None: ...
+    def agent(self, host_id: str) -> AgentRecord | None: ...
+    def agents(self) -> list[AgentRecord]: ...
+
+    # ---- bundles
+    def put_bundle(self, record: BundleRecord, data: bytes) -> bool:
+        """Store a verified bundle; False when that digest was already there."""
+        ...
+
+    def bundle(self, digest: str) -> BundleRecord | None: ...
+    def bundle_data(self, digest: str) -> bytes | None: ...
+    def bundles(self, name: str = "") -> list[BundleRecord]: ...
+
+    # ---- assignments
+    def issue_assignments(
+        self, requests: Sequence[AssignmentRequest], at: float, sign: Signer
+    ) -> list[AssignmentRecord]:
+        """Give each host its next sequence number (above anything stored *and* anything the
+        agent reported), sign, and store, all in one transaction."""
+        ...
+
+    def current_assignment(self, host_id: str) -> AssignmentRecord | None: ...
+    def record_apply(
+        self, host_id: str, seq: int, digest: str, applied: bool, reason: str, at: float
+    ) -> AssignmentRecord | None:
+        """Mark assignment ``seq`` applied or rejected; None when no such assignment."""
+        ...
+
+    # ---- rollouts
+    def put_rollout(self, rollout: RolloutRecord) -> None: ...
+    def rollout(self, rollout_id: str) -> RolloutRecord | None: ...
+    def rollouts(self, active_only: bool = False) -> list[RolloutRecord]: ...
+    def put_rollout_hosts(self, hosts: Sequence[RolloutHost]) -> None: ...
+    def rollout_hosts(self, rollout_id: str) -> list[RolloutHost]: ...
+
+    # ---- reports
+    def insert_reports(self, reports: Sequence[Report]) -> int:
+        """Insert in one transaction, ignoring any ``(host_id, id)`` already stored; return how
+        many were new."""
+        ...
+
+    def reports(self, query: ReportQuery) -> list[Report]: ...
+
+    # ---- pauses and escalations
+    def add_pause(
+        self, scope: str, selector: Mapping[str, str], until: float, reason: str, by: str, at: float
+    ) -> PauseRecord: ...
+    def clear_pauses(self, scope: str, selector: Mapping[str, str]) -> list[PauseRecord]: ...
+    def pauses(self, now: float) -> list[PauseRecord]: ...
+    def add_escalation(self, at: float, source: str, policy: str, message: str) -> int: ...
+    def escalations(self, since: float) -> list[EscalationRecord]: ...
+
+    # ---- leases (one active rollout driver among replicas)
+    def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool: ...
+
+    def schema_version(self) -> int: ...
+    def close(self) -> None: ...

@@ -1,0 +1,100 @@
+"""The SQLite schema, versioned from the first day, and the code that brings a file up to date.
+
+``MIGRATIONS`` only ever grows: entry N turns schema vN into vN+1, and ``PRAGMA user_version``
+records how far a file got. Before upgrading an existing file it is copied aside with SQLite's
+online backup API (consistent even with a WAL), so a bad migration is one ``mv`` away from undone.
+A file newer than this code is refused rather than half-understood.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from controlplane.errors import ControlPlaneError
+
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE agents (
+        host_id TEXT PRIMARY KEY, labels TEXT NOT NULL, agent_version TEXT NOT NULL DEFAULT '',
+        bundle_digest TEXT NOT NULL DEFAULT '', bundle_version INTEGER NOT NULL DEFAULT 0,
+        last_seen REAL NOT NULL DEFAULT 0, connected INTEGER NOT NULL DEFAULT 0,
+        last_seq INTEGER NOT NULL DEFAULT 0, health TEXT NOT NULL DEFAULT '{}');
+    CREATE TABLE bundles (
+        digest TEXT PRIMARY KEY, name TEXT NOT NULL, version INTEGER NOT NULL,
+        created REAL NOT NULL, expires REAL NOT NULL, size INTEGER NOT NULL,
+        signers TEXT NOT NULL, published_at REAL NOT NULL, manual_minutes TEXT NOT NULL,
+        data BLOB NOT NULL);
+    CREATE INDEX bundles_by_name ON bundles (name, version);
+    CREATE TABLE assignments (
+        host_id TEXT NOT NULL, seq INTEGER NOT NULL, bundle_digest TEXT NOT NULL,
+        bundle_version INTEGER NOT NULL, rollout_id TEXT NOT NULL, issued_at REAL NOT NULL,
+        envelope BLOB NOT NULL, status TEXT NOT NULL DEFAULT 'pending',
+        reason TEXT NOT NULL DEFAULT '', PRIMARY KEY (host_id, seq));
+    CREATE TABLE rollouts (
+        id TEXT PRIMARY KEY, bundle_digest TEXT NOT NULL, selector TEXT NOT NULL,
+        waves TEXT NOT NULL, bake_seconds REAL NOT NULL, gates TEXT NOT NULL,
+        gate_modes TEXT NOT NULL, state TEXT NOT NULL, wave INTEGER NOT NULL,
+        wave_started_at REAL NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+        reason TEXT NOT NULL DEFAULT '', created_by TEXT NOT NULL DEFAULT '',
+        gate_results TEXT NOT NULL DEFAULT '[]');
+    CREATE INDEX rollouts_by_state ON rollouts (state, created_at);
+    CREATE TABLE rollout_hosts (
+        rollout_id TEXT NOT NULL, host_id TEXT NOT NULL, wave INTEGER NOT NULL,
+        previous_digest TEXT NOT NULL, previous_version INTEGER NOT NULL, seq INTEGER NOT NULL,
+        assigned_at REAL NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+        applied_at REAL NOT NULL DEFAULT 0, PRIMARY KEY (rollout_id, host_id));
+    CREATE TABLE reports (
+        host_id TEXT NOT NULL, id INTEGER NOT NULL, kind TEXT NOT NULL, policy TEXT NOT NULL,
+        at REAL NOT NULL, outcome TEXT NOT NULL, reason TEXT NOT NULL, body TEXT NOT NULL,
+        received_at REAL NOT NULL, PRIMARY KEY (host_id, id));
+    CREATE INDEX reports_by_at ON reports (at);
+    CREATE INDEX reports_by_policy ON reports (policy, at);
+    CREATE TABLE pauses (
+        id INTEGER PRIMARY KEY, scope TEXT NOT NULL, selector TEXT NOT NULL,
+        until REAL NOT NULL, reason TEXT NOT NULL, created_by TEXT NOT NULL,
+        created_at REAL NOT NULL, cleared_at REAL);
+    CREATE TABLE escalations (
+        id INTEGER PRIMARY KEY, at REAL NOT NULL, source TEXT NOT NULL, policy TEXT NOT NULL,
+        message TEXT NOT NULL);
+    CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL);
+    """,
+)
+
+
+class SchemaError(ControlPlaneError):
+    """The database file cannot be used with this version of the control plane."""
+
+
+def schema_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Apply pending migrations, each in its own IMMEDIATE transaction that re-reads the version
+    under the write lock, so two processes opening one new file never apply a step twice."""
+    current = schema_version(db)
+    if current > len(MIGRATIONS):
+        raise SchemaError(
+            f"{path}: schema v{current} is newer than this control plane (v{len(MIGRATIONS)}); "
+            f"upgrade stanch or restore a backup"
+        )
+    if current == len(MIGRATIONS):
+        return
+    if current > 0:
+        backup = sqlite3.connect(str(path.with_name(f"{path.name}.v{current}.bak")))
+        with backup:
+            db.backup(backup)
+        backup.close()
+    for version in range(current, len(MIGRATIONS)):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if schema_version(db) == version:
+                for statement in MIGRATIONS[version].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {version + 1}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
