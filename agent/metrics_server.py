@@ -1,0 +1,171 @@
+"""The agent's HTTP endpoint: ``/metrics`` for Prometheus, ``/healthz`` and ``/readyz`` for probes.
+
+One small threaded ``http.server`` on the configured address (loopback by default), not
+prometheus_client's ``start_http_server``: that one answers every path with metrics, and the
+probes need their own answers from the same port.
+
+- ``/healthz`` (liveness): 200 while the main loop turns, 503 once it has been silent for
+  ``stale_after``. A Kubernetes liveness probe on it restarts a wedged agent the way systemd's
+  ``WatchdogSec=`` does on a VM.
+- ``/readyz`` (readiness): 200 once start-up finished (crash recovery done, policies loaded: the
+  first loop turn) and the loop is healthy; 503 before. A DaemonSet rollout waits for it.
+- ``/metrics``: the text exposition format, or OpenMetrics when the scraper asks for it.
+
+A port that cannot be bound is logged and the agent runs on without the endpoint: remediation
+matters more than its dashboard, and on Kubernetes the failing probes make the problem visible.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.process_collector import ProcessCollector
+
+from agent.instrumentation import AgentSnapshot, LoopHealth, MetricsConfig
+from agent.metrics import AgentMetrics, StateCollector
+
+log = logging.getLogger("stanch.agent.metrics")
+
+REQUEST_TIMEOUT = 10.0
+"""A client that stops sending mid-request is dropped after this, so it cannot hold a thread."""
+
+
+class MetricsServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self, host: str, port: int, registry: CollectorRegistry, health: LoopHealth
+    ) -> None:
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.registry = registry
+        self.health = health
+        self._thread: threading.Thread | None = None
+        super().__init__((host, port), _Handler)
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self.serve_forever, args=(0.5,), name="stanch-metrics", daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join(5.0)
+            self._thread = None
+        self.server_close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: MetricsServer
+    timeout = REQUEST_TIMEOUT
+    server_version = "stanch-agent"
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            self._reply(200, encoder(self.server.registry), content_type)
+        elif path == "/healthz":
+            self._health(ready=False)
+        elif path == "/readyz":
+            self._health(ready=True)
+        elif path == "/":
+            body = b"stanch-agent: /metrics /healthz /readyz\n"
+            self._reply(200, body, "text/plain; charset=utf-8")
+        else:
+            self._reply(404, b"not found; try /metrics, /healthz or /readyz\n", "text/plain")
+
+    def _health(self, ready: bool) -> None:
+        health = self.server.health
+        age = health.age()
+        body: dict[str, Any] = {"loop_age_seconds": None if age is None else round(age, 3)}
+        if age is None:
+            # Still in start-up (crash recovery, first policy load): alive, not yet ready.
+            ok = not ready
+            body["status"] = "starting"
+        elif health.healthy():
+            ok = True
+            body["status"] = "ok"
+        else:
+            ok = False
+            body["status"] = "unhealthy"
+            body["reason"] = (
+                f"the main loop has not turned for {age:.1f}s (limit {health.stale_after:g}s)"
+            )
+        self._reply(200 if ok else 503, json.dumps(body).encode() + b"\n", "application/json")
+
+    def _reply(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # Scrapes every 15 s and probes every 10 s would drown the agent's own log.
+
+
+class ServedMetrics(AgentMetrics):
+    """``AgentMetrics`` with the HTTP endpoint that serves them; ``close`` stops it."""
+
+    def __init__(self, registry: CollectorRegistry, server: MetricsServer | None) -> None:
+        super().__init__(registry)
+        self.server = server
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+
+
+def serve_metrics(
+    config: MetricsConfig,
+    snapshot: Callable[[], AgentSnapshot],
+    health: LoopHealth,
+    registry: CollectorRegistry | None = None,
+) -> ServedMetrics:
+    """Build the registry (events, live state, the agent's own process figures) and start
+    serving it. Pass ``registry`` to build into one you hold (tests do)."""
+    # The agent owns its process, so this process-wide switch is its call: ``*_created`` series
+    # double the exposition for a counter reset time that Prometheus infers anyway.
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream (0.26)
+    registry = registry or CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    registry.register(StateCollector(snapshot, health))
+    try:
+        server: MetricsServer | None = MetricsServer(config.host, config.port, registry, health)
+    except OSError as exc:
+        log.error(
+            "metrics_unavailable",
+            extra={
+                "event": "metrics_unavailable",
+                "fields": {"listen": config.listen, "error": exc.strerror or str(exc)},
+            },
+        )
+        server = None
+    metrics = ServedMetrics(registry, server)
+    if server is not None:
+        server.start()
+        log.info(
+            "metrics_listening",
+            extra={
+                "event": "metrics_listening",
+                "fields": {"address": f"{config.host}:{server.port}"},
+            },
+        )
+    return metrics
