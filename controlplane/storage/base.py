@@ -62,6 +62,9 @@ class AssignmentRequest:
     bundle_digest: str
     bundle_version: int
     rollout_id: str
+    track: RolloutHost | None = None
+    """A rollout-host row written in the same transaction (its ``seq`` 0 becomes the issued
+    one), so a crash never leaves an assignment the rollout does not know it made."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,10 @@ class Storage(Protocol):
         ...
 
     def current_assignment(self, host_id: str) -> AssignmentRecord | None: ...
+    def current_assignments(self) -> dict[str, AssignmentRecord]:
+        """Every host's newest assignment (for listing agents in one query)."""
+        ...
+
     def record_apply(
         self, host_id: str, seq: int, digest: str, applied: bool, reason: str, at: float
     ) -> AssignmentRecord | None:
@@ -206,6 +213,7 @@ class Storage(Protocol):
     def rollouts(self, active_only: bool = False) -> list[RolloutRecord]: ...
     def put_rollout_hosts(self, hosts: Sequence[RolloutHost]) -> None: ...
     def rollout_hosts(self, rollout_id: str) -> list[RolloutHost]: ...
+    def rollout_host(self, rollout_id: str, host_id: str) -> RolloutHost | None: ...
 
     # ---- reports
     def insert_reports(self, reports: Sequence[Report]) -> int:

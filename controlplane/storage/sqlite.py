@@ -36,6 +36,10 @@ from controlplane.storage.base import (
 from controlplane.storage.schema import migrate, schema_version
 
 ACTIVE_STATES = ("running", "paused")
+ROLLOUT_HOST_UPSERT = (
+    "INSERT OR REPLACE INTO rollout_hosts (rollout_id, host_id, wave, previous_digest, "
+    "previous_version, seq, assigned_at, status, reason, applied_at) VALUES (?,?,?,?,?,?,?,?,?,?)"
+)
 
 
 class SqliteStorage:
@@ -180,6 +184,9 @@ class SqliteStorage:
                         record.envelope,
                     ),
                 )
+                if req.track is not None:
+                    track = req.track if req.track.seq else replace(req.track, seq=seq)
+                    db.execute(ROLLOUT_HOST_UPSERT, rows.rollout_host_values(track))
                 issued.append(record)
         return issued
 
@@ -188,6 +195,13 @@ class SqliteStorage:
             "SELECT * FROM assignments WHERE host_id = ? ORDER BY seq DESC LIMIT 1", (host_id,)
         )
         return rows.assignment(found[0]) if found else None
+
+    def current_assignments(self) -> dict[str, AssignmentRecord]:
+        found = self._query(
+            "SELECT a.* FROM assignments a JOIN (SELECT host_id, MAX(seq) AS seq FROM assignments"
+            " GROUP BY host_id) m ON a.host_id = m.host_id AND a.seq = m.seq"
+        )
+        return {r["host_id"]: rows.assignment(r) for r in found}
 
     def record_apply(
         self, host_id: str, seq: int, digest: str, applied: bool, reason: str, at: float
@@ -234,12 +248,7 @@ class SqliteStorage:
 
     def put_rollout_hosts(self, hosts: Sequence[RolloutHost]) -> None:
         with self._tx() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO rollout_hosts (rollout_id, host_id, wave, "
-                "previous_digest, previous_version, seq, assigned_at, status, reason, applied_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                [rows.rollout_host_values(h) for h in hosts],
-            )
+            db.executemany(ROLLOUT_HOST_UPSERT, [rows.rollout_host_values(h) for h in hosts])
 
     def rollout_hosts(self, rollout_id: str) -> list[RolloutHost]:
         found = self._query(
@@ -247,6 +256,13 @@ class SqliteStorage:
             (rollout_id,),
         )
         return [rows.rollout_host(r) for r in found]
+
+    def rollout_host(self, rollout_id: str, host_id: str) -> RolloutHost | None:
+        found = self._query(
+            "SELECT * FROM rollout_hosts WHERE rollout_id = ? AND host_id = ?",
+            (rollout_id, host_id),
+        )
+        return rows.rollout_host(found[0]) if found else None
 
     # ---- reports -----------------------------------------------------------------------------
 

@@ -1,0 +1,43 @@
+"""Issue signed assignments and deliver them to whichever hosts are connected.
+
+Storage allocates each host's next sequence number, signs and stores in one transaction; only
+then is the envelope queued to the host's stream. A host that is offline gets it on its next
+Hello (the Fleet service sends the stored assignment when its sequence is above the agent's), so
+delivery needs no retry loop here: the stored row *is* the desired state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from agent.clock import Clock
+from controlplane.connections import Connections
+from controlplane.storage.base import AssignmentRecord, AssignmentRequest, Signer
+from controlplane.storage.runner import StorageThread
+from stanch.v1 import fleet_pb2
+
+
+def assignment_message(record: AssignmentRecord) -> fleet_pb2.ControlMessage:
+    return fleet_pb2.ControlMessage(assignment=fleet_pb2.SignedAssignment(envelope=record.envelope))
+
+
+class Assigner:
+    def __init__(
+        self, store: StorageThread, connections: Connections, signer: Signer, clock: Clock
+    ) -> None:
+        self.store = store
+        self.connections = connections
+        self.signer = signer
+        self.clock = clock
+
+    async def issue(self, requests: Sequence[AssignmentRequest]) -> list[AssignmentRecord]:
+        if not requests:
+            return []
+        records = await self.store.run(
+            self.store.storage.issue_assignments, requests, self.clock.now(), self.signer
+        )
+        for record in records:
+            conn = self.connections.get(record.host_id)
+            if conn is not None:
+                conn.send(assignment_message(record))
+        return records

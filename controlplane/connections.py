@@ -1,0 +1,88 @@
+"""Who is connected right now, and the one outbound queue per agent stream.
+
+Each ``Fleet.Connect`` stream registers a :class:`Connection`; anything that must reach an agent
+(an assignment, an ack, a pause) is put on its queue and the stream's writer sends it in order.
+Queues are per connection, so a slow agent never delays another. A host that connects again
+(a reconnect racing the old stream's teardown, or two agents misconfigured with one host id)
+replaces the older stream, which is told to close: one host, one stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from controlplane.selectors import matches
+from stanch.v1 import fleet_pb2
+
+MAX_QUEUED = 10_000
+"""An agent this far behind is not reading; its stream is closed and it reconnects."""
+
+
+@dataclass(eq=False)
+class Connection:
+    host_id: str
+    labels: Mapping[str, str]
+    peer: str = ""
+    queue: asyncio.Queue[fleet_pb2.ControlMessage | None] = field(
+        default_factory=lambda: asyncio.Queue(MAX_QUEUED)
+    )
+    closed: bool = False
+
+    def send(self, message: fleet_pb2.ControlMessage) -> bool:
+        """Queue ``message``; False when the stream is closed or hopelessly behind."""
+        if self.closed:
+            return False
+        try:
+            self.queue.put_nowait(message)
+        except asyncio.QueueFull:
+            self.close()
+            return False
+        return True
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            # Make room for the sentinel: the writer stops at it whatever is queued before.
+            while self.queue.full():
+                self.queue.get_nowait()
+            self.queue.put_nowait(None)
+
+
+class Connections:
+    def __init__(self) -> None:
+        self._by_host: dict[str, Connection] = {}
+
+    def open(self, host_id: str, labels: Mapping[str, str], peer: str = "") -> Connection:
+        old = self._by_host.get(host_id)
+        if old is not None:
+            old.close()
+        conn = Connection(host_id, dict(labels), peer)
+        self._by_host[host_id] = conn
+        return conn
+
+    def release(self, conn: Connection) -> bool:
+        """Forget ``conn``; False when a newer stream for the same host already replaced it."""
+        conn.close()
+        if self._by_host.get(conn.host_id) is conn:
+            del self._by_host[conn.host_id]
+            return True
+        return False
+
+    def get(self, host_id: str) -> Connection | None:
+        return self._by_host.get(host_id)
+
+    def matching(self, selector: Mapping[str, str]) -> list[Connection]:
+        return [c for c in self._by_host.values() if matches(selector, c.labels)]
+
+    def hosts(self) -> list[str]:
+        return sorted(self._by_host)
+
+    def __len__(self) -> int:
+        return len(self._by_host)
+
+    def close_all(self) -> None:
+        for conn in list(self._by_host.values()):
+            conn.close()
+        self._by_host.clear()

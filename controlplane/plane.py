@@ -1,0 +1,129 @@
+"""``ControlPlane``: the parts wired together, and the background tasks that keep them moving.
+
+Lifecycle: construct (nothing runs), ``start()`` (marks every stored agent disconnected, since no
+stream survives a restart, then starts the report writer, the presence flusher, the rollout
+driver and the storm check), serve, ``stop()`` (ends every agent stream, flushes presence, closes
+storage). The gRPC servicers hold a ``ControlPlane`` and only delegate to its parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.bundle.trust import TrustStore
+from agent.clock import Clock
+from controlplane.assigner import Assigner
+from controlplane.connections import Connections
+from controlplane.ingest import Presence, ReportIngestor
+from controlplane.killswitch import KillSwitch
+from controlplane.rollout_engine import RolloutEngine
+from controlplane.rollouts import Timing
+from controlplane.storage.base import Report, Signer, Storage
+from controlplane.storage.runner import StorageThread
+from controlplane.storm import StormBreaker, StormSettings
+
+log = logging.getLogger("stanch.cp")
+NOT_FIRING = frozenset({"cleared", "quiet", ""})
+
+
+@dataclass(frozen=True)
+class Settings:
+    lost_after: float = 60.0
+    apply_timeout: float = 300.0
+    storm: StormSettings = field(default_factory=StormSettings)
+    tick: float = 1.0
+    """How often rollouts are re-evaluated without an event (bake ends, lost agents)."""
+    presence_interval: float = 5.0
+    storm_interval: float = 1.0
+    hello_timeout: float = 10.0
+    holder: str = "local"
+    """This replica's name for the rollout-driver lease."""
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        storage: Storage,
+        trust: TrustStore,
+        signer: Signer,
+        clock: Clock,
+        settings: Settings | None = None,
+    ) -> None:
+        self.settings = s = settings or Settings()
+        self.trust = trust
+        self.clock = clock
+        self.store = StorageThread(storage)
+        self.db = storage
+        self.connections = Connections()
+        self.presence = Presence(self.store, s.presence_interval)
+        self.storm = StormBreaker(s.storm)
+        self.killswitch = KillSwitch(self.store, self.connections, clock, self.storm)
+        self.assigner = Assigner(self.store, self.connections, signer, clock)
+        self.engine = RolloutEngine(
+            self.store,
+            self.assigner,
+            clock,
+            timing=Timing(s.lost_after, s.apply_timeout, alive_floor=clock.now()),
+            presence=self.presence,
+            holder=s.holder,
+            tick=s.tick,
+        )
+        self.ingestor = ReportIngestor(self.store, on_commit=self.on_reports)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self.store.run(self.db.disconnect_all)
+        self._spawn(self.ingestor.run(), "report-writer")
+        self._spawn(self.presence.run(), "presence")
+        self._spawn(self.engine.run(), "rollouts")
+        self._spawn(self._storm_loop(), "storm-breaker")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._crashed)
+        self._tasks.append(task)
+
+    @staticmethod
+    def _crashed(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s died: %r", task.get_name(), task.exception())
+
+    async def stop(self) -> None:
+        self.connections.close_all()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        with contextlib.suppress(Exception):
+            await self.presence.flush()
+        await asyncio.get_running_loop().run_in_executor(None, self.store.close)
+
+    def on_reports(self, reports: Sequence[Report]) -> None:
+        """Called after each group commit: feed the storm breaker, nudge the rollout gates."""
+        wake = False
+        for r in reports:
+            if r.kind in ("decision", "execution") and r.outcome not in NOT_FIRING:
+                self.storm.fired(r.host_id, r.policy, r.at)
+            wake = wake or r.kind in ("execution", "escalation", "rejection")
+        if wake:
+            self.engine.wake()
+
+    def heartbeat(self, host_id: str, firing: Sequence[str], health: dict[str, Any]) -> None:
+        now = self.clock.now()  # our clock, not the agent's: lost-agent gates compare to it
+        self.presence.seen(host_id, now, health)
+        for policy in firing:
+            self.storm.fired(host_id, policy, now)
+
+    async def _storm_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.storm_interval)
+            try:
+                await self.killswitch.check_storm()
+            except Exception:
+                log.exception("storm check failed")

@@ -1,0 +1,93 @@
+"""``stanch-cp`` flags, and building a :class:`ControlPlane` from them.
+
+Secrets never come from argv (``ps`` shows argv to every user): the assignment key's passphrase
+and the admin token are read from environment variables the flags name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+from pathlib import Path
+
+from agent.bundle.trust import TrustError, TrustStore
+from agent.clock import SystemClock
+from agent.duration import parse_duration
+from agent.errors import StanchError
+from controlplane.assignments import make_signer
+from controlplane.keys import load_private_key
+from controlplane.plane import ControlPlane, Settings
+from controlplane.storage import open_storage
+from controlplane.storm import StormSettings
+
+
+class ConfigError(StanchError):
+    """A flag or a file it names cannot be used; the message says which."""
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="stanch-cp", description="Stanch control plane: fleet channel, rollouts, reports."
+    )
+    p.add_argument("--db", required=True, help="SQLite file (created on first start)")
+    p.add_argument("--listen", default="127.0.0.1:7443", help="HOST:PORT (port 0: any free)")
+    p.add_argument("--insecure", action="store_true", help="serve plaintext (no TLS yet)")
+    p.add_argument(
+        "--assignment-key", required=True, help="the control plane's online Ed25519 key (.key)"
+    )
+    p.add_argument("--assignment-key-passphrase-env", metavar="VAR")
+    p.add_argument("--trust", required=True, help="operator keys: root.json or a *.pub dir")
+    p.add_argument("--threshold", type=int, help="operator signatures a bundle needs")
+    p.add_argument(
+        "--admin-token-env",
+        default="STANCH_ADMIN_TOKEN",
+        metavar="VAR",
+        help="require this token from opsctl (default: $STANCH_ADMIN_TOKEN, if set)",
+    )
+    p.add_argument("--lost-after", type=_duration, default=60.0, help="silence = lost (60s)")
+    p.add_argument("--apply-timeout", type=_duration, default=300.0, help="(5m)")
+    p.add_argument("--tick", type=_duration, default=1.0, help="rollout re-evaluation (1s)")
+    p.add_argument("--presence-interval", type=_duration, default=5.0)
+    p.add_argument("--storm-fraction", type=float, default=0.2, help="share of hosts (0.2)")
+    p.add_argument("--storm-window", type=_duration, default=300.0, help="(5m)")
+    p.add_argument("--storm-min-hosts", type=int, default=3)
+    p.add_argument("--storm-pause", type=_duration, default=3600.0, help="(1h)")
+    p.add_argument("--replica-id", default=socket.gethostname(), help="rollout lease holder")
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", default="auto", choices=("auto", "json", "text"))
+    return p
+
+
+def build(args: argparse.Namespace) -> tuple[ControlPlane, str | None]:
+    passphrase = None
+    if args.assignment_key_passphrase_env:
+        value = os.environ.get(args.assignment_key_passphrase_env)
+        if value is None:
+            raise ConfigError(f"${args.assignment_key_passphrase_env} is not set")
+        passphrase = value.encode()
+    try:
+        key = load_private_key(Path(args.assignment_key), passphrase)
+        trust = TrustStore.load(args.trust, args.threshold)
+    except (StanchError, TrustError) as exc:
+        raise ConfigError(str(exc)) from None
+    settings = Settings(
+        lost_after=args.lost_after,
+        apply_timeout=args.apply_timeout,
+        storm=StormSettings(
+            args.storm_fraction, args.storm_window, args.storm_min_hosts, args.storm_pause
+        ),
+        tick=args.tick,
+        presence_interval=args.presence_interval,
+        holder=args.replica_id,
+    )
+    plane = ControlPlane(open_storage(args.db), trust, make_signer(key), SystemClock(), settings)
+    token = os.environ.get(args.admin_token_env) or None
+    return plane, token
