@@ -15,6 +15,10 @@ again after restart. Receivers can deduplicate on ``correlation_id``.
 One bad sink must not starve the others. Sinks are bounded by their timeouts, and once a sink fails
 with a retryable error in a pass, its other due rows are deferred to the same backoff instead of
 each waiting out the same timeout.
+
+Resolves. When an escalated problem clears, the runner queues a ``resolve_payload`` with
+``Notifier.enqueue_resolve``; it goes only to sinks configured with ``send_resolved`` (PagerDuty
+closes the incident, Slack posts a follow-up) and is delivered like any other row, retries and all.
 """
 
 from __future__ import annotations
@@ -22,15 +26,27 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from agent.clock import Clock
 from agent.journal import Journal, NotificationRow
+from agent.payload import build_payload, clip, clip_tree, resolve_payload
 from agent.policy.fields import ErrorSink, Fields
-from agent.sinks import SINK_TYPES, DeliveryError, Sink
+from agent.sinks import SINK_TYPES, DeliveryError, Sink, sends_resolved
+
+__all__ = [
+    "Notifier",
+    "SinkConfig",
+    "build_payload",
+    "build_sinks",
+    "clip",
+    "clip_tree",
+    "parse_sinks",
+    "resolve_payload",
+]
+"""The payload helpers live in ``agent.payload``; they are re-exported for existing callers."""
 
 log = logging.getLogger("stanch.agent.notify")
 
@@ -40,9 +56,6 @@ MIN_SLEEP = 0.05
 BATCH = 20
 MAX_ROWS_PER_PASS = 500
 ERROR_LIMIT = 1000
-FIELD_LIMIT = 4096
-"""Bytes kept of each step output (and of message, runbook and observed strings) in a payload."""
-MAX_STEPS = 20
 
 
 # ---- configuration ---------------------------------------------------------------------------
@@ -83,74 +96,6 @@ def build_sinks(configs: Mapping[str, SinkConfig]) -> dict[str, Sink]:
     return {name: SINK_TYPES[c.type].build(c.config) for name, c in configs.items()}
 
 
-# ---- the payload -----------------------------------------------------------------------------
-
-
-def build_payload(
-    policy: str,
-    host: str,
-    severity: str,
-    reason: str,
-    message: str,
-    runbook: str,
-    tried: Sequence[Mapping[str, Any]],
-    observed: Mapping[str, Any],
-    correlation_id: str,
-    at: float,
-    labels: Mapping[str, str],
-) -> dict[str, Any]:
-    """The JSON every sink receives. Bounded in size (step output, message, runbook and observed
-    strings are cut to 4 KiB, at most 20 steps) so a chatty command cannot make a page that the
-    receiver rejects. ``text`` repeats the summary for Slack- and Mattermost-style webhooks."""
-    summary = " ".join(f"[stanch] {host}: {policy} — {reason}: {message}".split())[:300]
-    steps = [clip_tree(dict(step)) for step in list(tried)[:MAX_STEPS]]
-    payload: dict[str, Any] = {
-        "schema": "stanch.escalation/v1",
-        "summary": summary,
-        "text": f"{summary}\nRunbook: {runbook}" if runbook else summary,
-        "policy": policy,
-        "host": host,
-        "severity": severity,
-        "reason": reason,
-        "message": clip(message),
-        "runbook": clip(runbook),
-        "tried": steps,
-        "observed": clip_tree(dict(observed)),
-        "correlation_id": correlation_id,
-        "at": at,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)),
-        "labels": dict(labels),
-    }
-    if len(tried) > MAX_STEPS:
-        payload["tried_omitted"] = len(tried) - MAX_STEPS
-    return payload
-
-
-def clip(text: str, limit: int = FIELD_LIMIT) -> str:
-    """At most ``limit`` UTF-8 bytes: a quarter from the head, the rest from the tail (where the
-    error usually is), with a marker saying how much was dropped."""
-    data = text.encode("utf-8", "replace")
-    if len(data) <= limit:
-        return text
-    head = data[: limit // 4]
-    marker = f"\n[... {len(data) - limit} bytes truncated ...]\n".encode()
-    tail = data[len(data) - (limit - len(head) - len(marker)) :]
-    return (head + marker + tail).decode("utf-8", "ignore")
-
-
-def clip_tree(value: Any, depth: int = 0) -> Any:
-    """``clip`` every string inside nested dicts and lists."""
-    if isinstance(value, str):
-        return clip(value)
-    if depth > 8:
-        return clip(str(value))
-    if isinstance(value, Mapping):
-        return {str(k): clip_tree(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [clip_tree(v, depth + 1) for v in value]
-    return value
-
-
 # ---- delivery --------------------------------------------------------------------------------
 
 
@@ -179,6 +124,9 @@ class Notifier:
         self.base_backoff = base_backoff
         self.max_backoff = max_backoff
         self.jitter = jitter or (lambda: random.uniform(0.8, 1.2))
+        self.observer: Callable[[str, str], None] | None = None
+        """Told ``(sink, result)`` after each attempt, result one of delivered, retry, failed
+        (the agent's metrics counter); set it before ``start``."""
         self._pass = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -190,6 +138,13 @@ class Notifier:
         ids = [self.journal.enqueue_notification(name, payload, at) for name in sinks]
         self.wake()
         return ids
+
+    def enqueue_resolve(self, payload: Mapping[str, Any], sinks: Iterable[str]) -> list[int]:
+        """Queue a ``resolve_payload`` for those of ``sinks`` that want resolves
+        (``send_resolved``: PagerDuty and Slack by default, a webhook when it opts in). Call it
+        when a problem that was escalated clears; other sinks never see the event."""
+        wanted = [name for name in sinks if sends_resolved(self.sinks.get(name))]
+        return self.enqueue(payload, wanted) if wanted else []
 
     def deliver_due(self) -> int:
         """One attempt for every row due now; returns how many were delivered."""
@@ -257,6 +212,8 @@ class Notifier:
         if error:
             fields["error"] = error
         log.log(level, event, extra={"event": event, "fields": fields})
+        if self.observer is not None:
+            self.observer(row.sink, "retry" if status == "pending" else status)
 
     # ---- the delivery thread -----------------------------------------------------------------
 

@@ -28,8 +28,8 @@ def parse(text: str) -> tuple[dict[str, SinkConfig], list[str]]:
     return configs, [str(e) for e in sink.errors]
 
 
-def test_registry_is_an_explicit_dict_of_the_three_types() -> None:
-    assert set(SINK_TYPES) == {"webhook", "command", "log"}
+def test_registry_is_an_explicit_dict_of_every_type() -> None:
+    assert set(SINK_TYPES) == {"webhook", "pagerduty", "slack", "command", "log"}
     assert all(t.name == name and t.description for name, t in SINK_TYPES.items())
 
 
@@ -75,7 +75,10 @@ def test_unknown_key_is_reported_with_its_full_path() -> None:
     ("text", "expected"),
     [
         ("a: {url: 'https://x.example/'}", "sinks.a.type: required field missing"),
-        ("a: {type: pager}", "sinks.a.type: must be one of command, log, webhook; got 'pager'"),
+        (
+            "a: {type: pager}",
+            "sinks.a.type: must be one of command, log, pagerduty, slack, webhook; got 'pager'",
+        ),
         ("a: just-a-string", "sinks.a: expected a mapping, got str"),
         ("'bad name': {type: log, path: /x}", "sinks.bad name: sink names use letters"),
         (
