@@ -12,6 +12,7 @@ import yaml
 
 from agent.engine.guardrails import StormGuard
 from agent.errors import ConfigError
+from agent.fleet.config import ControlPlaneConfig, parse_control_plane
 from agent.policy.fields import ErrorSink, Fields
 from agent.policy.loader import parse_window
 from agent.policy.model import Window
@@ -39,6 +40,8 @@ class AgentConfig:
     """``directory``: load ``policies_dir``. ``bundle``: run the active signed bundle in
     ``state_dir`` (installed with ``stanch-agent bundle install``); never a silent fallback."""
     housekeeping_interval: float = 600.0
+    control_plane: ControlPlaneConfig | None = None
+    """Where to report and take assignments from; None runs the agent alone (no grpc loaded)."""
 
     @property
     def journal_path(self) -> Path:
@@ -93,7 +96,14 @@ def parse_config(raw: object, file: str = "<config>", **overrides: Any) -> Agent
     default_sinks = esc.str_list("default_sinks", ())
     esc.done()
     sinks = parse_sinks(f.get("sinks", {}), f.at("sinks"), sink)
+    control_plane = parse_control_plane(f)
     f.done()
+    if f.has("control_plane") and f.raw["control_plane"] is not None and source != "bundle":
+        sink.add(
+            "policy_source",
+            "a control plane assigns signed bundles, so set policy_source: bundle "
+            f"(got {source!r}); a local policy directory would silently ignore its rollouts",
+        )
     for name in default_sinks:
         if name not in sinks:
             sink.add("escalation.default_sinks", f"no sink named {name!r} under sinks")
@@ -113,6 +123,7 @@ def parse_config(raw: object, file: str = "<config>", **overrides: Any) -> Agent
         "check_workers": check_workers,
         "policy_source": source,
         "maintenance": tuple(windows),
+        "control_plane": control_plane,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     for key in ("policies_dir", "state_dir", "root"):

@@ -14,7 +14,7 @@ from typing import Any
 
 from agent.clock import Clock
 from agent.config import AgentConfig
-from agent.journal import Journal
+from agent.journal import Journal, Report
 from agent.logs import log_event
 from agent.notify import Notifier, build_payload, build_sinks
 from agent.policy.model import Policy
@@ -73,6 +73,10 @@ class Escalator:
             correlation_id=execution_id or "",
             at=now,
             labels=dict(self.config.labels),
+        )
+        # Upstream too (a no-op without a control plane): escalations feed rollout health gates.
+        self.journal.report(
+            Report("escalation", key, now, "escalated", reason, {**payload, "sinks": list(sinks)})
         )
         for sink in sinks:
             self.journal.enqueue_notification(sink, payload, now)

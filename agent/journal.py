@@ -10,6 +10,9 @@ What lives here, and why it must survive a crash:
 - ``approvals``, ``breakers``, ``escalations``: guardrail state that must not reset on restart.
 - ``notifications``: the durable escalation queue, delivered with retry and backoff.
 - ``policy_state``: the live status snapshot that ``stanch-agent status`` reads.
+- ``outbox``: reports waiting for the control plane's ack (see ``agent.fleet.outbox``). A
+  ``Reporter`` set on the journal writes them in the same transaction as the record they report,
+  so a crash can never keep the record and lose its report.
 
 The schema is versioned from the first day; ``MIGRATIONS`` only ever grows, and the file is copied
 aside before an upgrade.
@@ -22,10 +25,10 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -60,6 +63,14 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE policy_state (
         policy TEXT PRIMARY KEY, updated_at REAL NOT NULL, state TEXT NOT NULL);
     CREATE TABLE agent_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
+    # v2: the report outbox. AUTOINCREMENT so an id is never reused after its row is acked and
+    # deleted: the control plane deduplicates by (host, id).
+    """
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, policy TEXT NOT NULL,
+        at REAL NOT NULL, outcome TEXT NOT NULL, reason TEXT NOT NULL, body TEXT NOT NULL,
+        created_at REAL NOT NULL);
     """,
 )
 
@@ -106,6 +117,26 @@ class NotificationRow:
     created_at: float
 
 
+@dataclass(frozen=True)
+class Report:
+    """One record reported upstream: a new decision row, a finished or interrupted execution,
+    an escalation, a bundle rejection. ``body`` is the whole record; the reporter bounds it."""
+
+    kind: str
+    """decision | execution | escalation | rejection"""
+    policy: str
+    at: float
+    outcome: str
+    reason: str
+    body: Mapping[str, Any]
+
+
+class Reporter(Protocol):
+    """Called inside the journal's write transaction (``db``) that created the record."""
+
+    def add(self, db: sqlite3.Connection, report: Report) -> None: ...
+
+
 class Journal:
     """Thread-safe access to the state file. One connection, one lock: writes are small and
     rare (only when a policy fires), and readers in other processes use WAL snapshots."""
@@ -125,6 +156,8 @@ class Journal:
         # agent's memory must stay flat over months.
         self._db.execute("PRAGMA cache_size=-512")
         self._last_decision: dict[str, tuple[int, str, str]] = {}
+        self.reporter: Reporter | None = None
+        """Set when a control plane is configured; None reports nothing (no outbox grows)."""
         self._migrate()
 
     # ---- plumbing ----------------------------------------------------------------------------
@@ -132,6 +165,23 @@ class Journal:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE ... COMMIT) for tables kept in this file by other
+        modules (the outbox)."""
+        return self._tx()
+
+    def report(self, report: Report) -> None:
+        """Hand ``report`` to the reporter in a transaction of its own (a record that is not a
+        journal row, such as an escalation). A no-op with no reporter."""
+        if self.reporter is None:
+            return
+        with self._tx() as db:
+            self.reporter.add(db, report)
+
+    def _report(self, db: sqlite3.Connection, report: Report) -> None:
+        if self.reporter is not None:
+            self.reporter.add(db, report)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -209,6 +259,16 @@ class Journal:
                 (policy, at, at, outcome, reason, message, until, obs, why_json, execution_id),
             )
             row_id = int(cur.lastrowid or 0)
+            # Only a new row is reported: repeats fold into it, as they do here.
+            body = {
+                "id": row_id,
+                "message": message,
+                "until": until,
+                "observed": dict(observed),
+                "why": list(why),
+                "execution_id": execution_id,
+            }
+            self._report(db, Report("decision", policy, at, outcome, reason, body))
         if execution_id is None:
             self._last_decision[policy] = (row_id, outcome, reason)
         else:
@@ -293,6 +353,7 @@ class Journal:
                 "WHERE id = ?",
                 (at, status, verification, error, execution_id),
             )
+            self._report_execution(db, execution_id, "verification")
 
     def recover_interrupted(self, at: float) -> list[ExecutionRow]:
         """Mark executions left ``running`` by a crash as ``interrupted``; return them."""
@@ -304,6 +365,8 @@ class Journal:
                 "WHERE status = 'running'",
                 (at,),
             )
+            for row in rows:
+                self._report_execution(db, row["id"], "crash_recovery")
         return [self._execution(r) for r in rows]
 
     def running_executions(self) -> list[ExecutionRow]:
@@ -312,12 +375,25 @@ class Journal:
 
     def mark_interrupted(self, execution_id: str, at: float) -> None:
         with self._tx() as db:
-            db.execute(
+            changed = db.execute(
                 "UPDATE executions SET status = 'interrupted', finished_at = ?, "
                 "error = 'agent stopped before the result was recorded; not re-run' "
                 "WHERE id = ? AND status = 'running'",
                 (at, execution_id),
-            )
+            ).rowcount
+            if changed:
+                self._report_execution(db, execution_id, "crash_recovery")
+
+    def _report_execution(self, db: sqlite3.Connection, execution_id: str, reason: str) -> None:
+        if self.reporter is None:
+            return
+        row = db.execute("SELECT * FROM executions WHERE id = ?", (execution_id,)).fetchone()
+        if row is None:
+            return
+        record = self._execution(row)
+        body = {**asdict(record), "decision_id": row["decision_id"]}
+        at = record.finished_at or record.started_at
+        self._report(db, Report("execution", record.policy, at, record.status, reason, body))
 
     def has_decision(self, execution_id: str, outcome: str) -> bool:
         rows = self._query(

@@ -10,6 +10,9 @@ Threads and who owns what:
   posts the outcome back to the main loop.
 - the **pid watcher** posts process deaths, so a watched process is re-checked in milliseconds.
 - the **notifier** delivers escalations from the durable queue.
+- the **fleet client** (only with ``control_plane`` configured) streams the journal's outbox to
+  the control plane and applies its assignments and pauses. It shares nothing mutable with the
+  loop: the loop publishes a ``LiveState`` snapshot, and nothing here ever waits on the network.
 
 Crash safety: the intent row is committed (fsync) before the first command; a row found
 ``running`` at start-up is marked ``interrupted``, counted, escalated, and never re-run.
@@ -24,7 +27,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import failpoints
 from agent.checks.base import CheckEnv, CheckResult
@@ -45,6 +48,11 @@ from agent.remediation import Remediation, RemediationResult
 from agent.sampling import LiveCheck, build_check, sample, timed_out
 from agent.status import StatusWriter
 from agent.workers import WorkerPool
+
+if TYPE_CHECKING:  # imported for real only when a control plane is configured (grpcio)
+    from agent.fleet.client import FleetClient
+    from agent.fleet.health import LiveState
+    from agent.fleet.outbox import Outbox
 
 MAX_WAIT = 1.0
 SOURCE_POLL = 2.0
@@ -95,6 +103,14 @@ class Agent:
         self._next_housekeeping = 0.0
         self._next_prune = 0.0
         self._source_stamp: int | None = None
+        self.fleet: FleetClient | None = None
+        self.outbox: Outbox | None = None
+        if config.control_plane is not None:
+            from agent.fleet.outbox import Outbox
+
+            # Before crash recovery in start(), so interrupted executions are reported too.
+            self.outbox = Outbox(self.journal, config.control_plane.outbox_limit, self.clock)
+            self.journal.reporter = self.outbox
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -132,6 +148,24 @@ class Agent:
         self.reload()
         self.escalator.start()
         self.status.agent_started(self.config, os.getpid())
+        if self.outbox is not None:
+            self._start_fleet(self.outbox)
+
+    def _start_fleet(self, outbox: Outbox) -> None:
+        """Connect to the control plane in the background. Imported here rather than at the
+        top: an agent without a control plane never loads grpcio (memory on every host)."""
+        from agent.fleet.client import FleetClient
+
+        self.fleet = FleetClient(self.config, self.journal, outbox, self.clock)
+        self.fleet.observe(self.live_state())
+        self.fleet.start()
+
+    def live_state(self) -> LiveState:
+        """An immutable snapshot of what the heartbeat reports (taken on the main loop)."""
+        from agent.fleet.health import LiveState
+
+        firing = tuple(sorted(n for n, lp in self.policies.items() if lp.firing))
+        return LiveState(tuple(sorted(self.policies)), firing, self.storm)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -162,6 +196,8 @@ class Agent:
         if mono < self._next_housekeeping:
             return
         self._next_housekeeping = mono + SOURCE_POLL
+        if self.fleet is not None:
+            self.fleet.observe(self.live_state())
         if self.config.policy_source == "bundle":
             stamp = self._pointer_stamp()
             if stamp != self._source_stamp:
@@ -193,6 +229,8 @@ class Agent:
         self._fix_pool.shutdown(wait=False, cancel_futures=True)
         self.watcher.close()
         self.escalator.stop()
+        if self.fleet is not None:
+            self.fleet.stop()  # unsent reports stay in the outbox for the next start
         self.status.agent_stopped()
         log_event("agent_stopped")
 

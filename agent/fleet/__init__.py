@@ -1,0 +1,21 @@
+"""The agent's side of the control-plane channel (``stanch.v1.Fleet``).
+
+An agent with no ``control_plane:`` in its config never imports this package's client, so it
+never loads grpcio or protobuf. With one configured, the runner builds an :class:`Outbox` (before
+crash recovery, so interrupted executions are reported too) and starts a ``FleetClient`` thread.
+Nothing in the agent's main loop waits on the network: reports go to the SQLite outbox, the
+client drains it when it can, and a control plane that is down, partitioned or gone only means
+reports wait (bounded; any loss counted) while the host keeps remediating on its active bundle.
+
+- ``config``      the ``control_plane:`` section of the agent config (no network code)
+- ``outbox``      the bounded, durable report queue in the journal; deleted only on ack
+- ``assignment``  signed assignments: DSSE over pinned keys, host, monotonic sequence
+- ``apply``       verify an assignment, fetch its bundle, install it, remember the sequence
+- ``pause``       central pause/resume written to the local pause file (survives restarts)
+- ``health``      the heartbeat's health summary from the agent's live state
+- ``backoff``     jittered exponential reconnect delays
+- ``wire``        conversions to and from the generated ``stanch.v1`` messages
+- ``client``      ``FleetClient``: one long-lived bidi stream, in its own thread and event loop
+
+Only ``wire`` and ``client`` import generated code; only ``client`` imports grpc.
+"""
