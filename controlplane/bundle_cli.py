@@ -1,4 +1,4 @@
-"""``opsctl bundle build|sign|verify|inspect|diff``: the operator's side of signed bundles.
+"""``opsctl bundle build|sign|verify|inspect|diff|publish``: the operator's side of signed bundles.
 
 Exit status: 0 done, 1 refused (a policy error, a failed verification), 2 could not run.
 """
@@ -19,7 +19,7 @@ from agent.bundle.rejection import BundleRejected
 from agent.bundle.trust import TrustStore
 from agent.bundle.verify import verify_bundle
 from agent.duration import parse_duration
-from controlplane import bundle_build, bundle_review
+from controlplane import bundle_build, bundle_review, publish_cli
 from controlplane.keys import load_private_key
 
 OK, REFUSED, FAILED = 0, 1, 2
@@ -61,6 +61,8 @@ def register(subparsers: Any) -> None:
     diff.add_argument("new", type=Path)
     diff.add_argument("--json", action="store_true")
     diff.set_defaults(func=cmd_diff)
+
+    publish_cli.add_publish(commands)
 
 
 def _trust_args(parser: argparse.ArgumentParser, required: bool) -> None:

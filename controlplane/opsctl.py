@@ -2,7 +2,8 @@
 
 A group is a module with ``register(subparsers)`` whose commands set ``args.func`` (returning the
 exit status). Errors the code raises on purpose (``StanchError``) are printed as one line, never
-as a traceback: 1 when something was refused, 2 when the command could not run.
+as a traceback: 1 when something was refused, 2 when the command could not run. Control-plane
+commands read ``STANCH_ADDR`` and ``STANCH_TOKEN``, and import grpc only when they run.
 """
 
 from __future__ import annotations
@@ -14,17 +15,22 @@ from typing import Any
 
 from agent.bundle.rejection import BundleRejected
 from agent.errors import StanchError
-from controlplane import bundle_cli, trust_cli
+from controlplane import bundle_cli, fleet_cli, pause_cli, rollout_cli, trust_cli
+from controlplane.admin_client import ApiError
 
 GROUPS: tuple[Callable[[Any], None], ...] = (
     trust_cli.register,
     bundle_cli.register,
+    rollout_cli.register,
+    fleet_cli.register,
+    pause_cli.register,
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="opsctl", description="Stanch operator commands: keys, signed policy bundles."
+        prog="opsctl",
+        description="Stanch operator commands: keys, signed policy bundles, rollouts, the fleet.",
     )
     subparsers = parser.add_subparsers(dest="group", required=True, metavar="GROUP")
     for register in GROUPS:
@@ -36,6 +42,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         status: int = args.func(args)
+    except ApiError as exc:  # the control plane's own message, and its exit status
+        print(f"opsctl: {exc}", file=sys.stderr)
+        return exc.exit_code
     except BundleRejected as exc:
         print(f"opsctl: {exc}", file=sys.stderr)
         return 1
@@ -45,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"opsctl: {exc.filename or ''}: {exc.strerror}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C on --watch: stop quietly, as kubectl does
+        return 130
     return status
 
 
