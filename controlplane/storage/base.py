@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from agent.fleet.assignment import Assignment
+
 
 @dataclass(frozen=True)
 class AgentRecord:
@@ -44,16 +46,9 @@ class BundleRecord:
     manual_minutes: Mapping[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class AssignmentPayload:
-    """What the control plane signs: "host X should run bundle D, sequence N"."""
-
-    host_id: str
-    bundle_digest: str
-    bundle_version: int
-    seq: int
-    issued_at: float
-    rollout_id: str
+AssignmentPayload = Assignment
+"""What the control plane signs: the agent's own type (``agent.fleet.assignment``), so both ends
+share one definition of the signed bytes."""
 
 
 @dataclass(frozen=True)
