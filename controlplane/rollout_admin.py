@@ -131,4 +131,4 @@ async def find(engine: RolloutEngine, rollout_id: str) -> RolloutRecord:
 
 def _require(rollout: RolloutRecord, states: Sequence[str], action: str) -> None:
     if rollout.state not in states:
-        raise Conflict(f"rollout {rollout.id} is {rollout.state}; cannot {action} it")
+        raise Refused(f"rollout {rollout.id} is {rollout.state}; cannot {action} it")

@@ -153,16 +153,33 @@ class RolloutEngine:
             log.error("rollout %s: bundle %s is missing", rollout.id, rollout.bundle_digest)
             return
         now = self.clock.now()
+        done = [r for r in await self.store.run(self.db.rollouts, False) if r.state == COMPLETED]
         requests = []
         for host, wave in members:
             agent = agents.get(host)
             previous = agent.bundle_digest if agent else ""
             version = agent.bundle_version if agent else 0
+            if not previous and agent is not None:
+                # A host with no bundle yet would otherwise have got the fleet's standing
+                # bundle: that is where a rollback should take it, not nowhere.
+                previous, version = await self._standing_bundle(done, agent)
             track = RolloutHost(rollout.id, host, wave, previous, version, 0, now)
             requests.append(
                 AssignmentRequest(host, bundle.digest, bundle.version, rollout.id, track)
             )
         await self.assigner.issue(requests)
+
+    async def _standing_bundle(
+        self, completed: list[RolloutRecord], agent: AgentRecord
+    ) -> tuple[str, int]:
+        """The bundle of the newest completed rollout whose selector matches ``agent``."""
+        mine = [r for r in completed if matches(r.selector, agent.labels)]
+        if not mine:
+            return "", 0
+        bundle = await self.store.run(
+            self.db.bundle, max(mine, key=lambda r: r.created_at).bundle_digest
+        )
+        return (bundle.digest, bundle.version) if bundle else ("", 0)
 
     async def roll_back(self, rollout: RolloutRecord, hosts: list[RolloutHost]) -> None:
         """Point every updated host at the bundle it ran before, with a new higher sequence."""
