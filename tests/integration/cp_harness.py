@@ -186,11 +186,12 @@ def execution(
 
 
 @dataclass
-class Cluster:
+class Operator:
+    """What a test does from the outside: talk to the Admin API, run simulated agents."""
+
     tmp: Path
     ring: KeyRing
     assign_key: Ed25519PrivateKey
-    settings: Settings
     token: str | None = None
     port: int = 0
     agents: list[SimAgent] = field(default_factory=list)
@@ -204,32 +205,14 @@ class Cluster:
         public = self.assign_key.public_key()
         return {key_id(public): public}
 
-    async def start(self) -> None:
-        self.plane = ControlPlane(
-            SqliteStorage(self.tmp / "cp.db"),
-            self.ring.trust(1),
-            make_signer(self.assign_key),
-            SystemClock(),
-            self.settings,
-        )
-        self.server = Server(self.plane, f"127.0.0.1:{self.port}", self.token)
-        self.port = await self.server.start()
-        metadata = (("authorization", f"Bearer {self.token}"),) if self.token else ()
+    def open_admin(self) -> None:
         self._admin_channel = grpc.aio.insecure_channel(self.addr)
         self._admin = admin_pb2_grpc.AdminStub(self._admin_channel)
-        self._metadata = metadata
+        self._metadata = (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
-    async def stop(self) -> None:
+    async def close_agents(self) -> None:
         for agent in self.agents:
             await agent.close()
-        await self._admin_channel.close()
-        await self.server.stop(0.5)
-
-    async def restart(self) -> None:
-        """Stop and start on the same database and port; agents must reconnect themselves."""
-        await self._admin_channel.close()
-        await self.server.stop(0.5)
-        await self.start()
 
     async def admin(self, method: str, request: Any) -> Any:
         return await getattr(self._admin, method)(request, metadata=self._metadata, timeout=10)
@@ -244,14 +227,20 @@ class Cluster:
     def bundle(self, version: int = 1, name: str = "web", minutes: float = 0.0) -> bytes:
         text = policy_text("heartbeat") + (f"  manual_minutes: {minutes:g}\n" if minutes else "")
         source = write_source(self.tmp / f"src-{name}-{version}", {"heartbeat.yaml": text})
-        return make_bundle(source, self.ring, [0], name=name, version=version,
-                           created=time.time() - 60).data  # fmt: skip
+        built = make_bundle(
+            source, self.ring, [0], name=name, version=version, created=time.time() - 60
+        )
+        return built.data
 
     async def publish(self, data: bytes) -> admin_pb2.BundleInfo:
         return await self.admin("PublishBundle", admin_pb2.PublishBundleRequest(data=data))
 
     async def rollout(
-        self, digest: str, waves: Sequence[str] = ("1", "50%", "100%"), bake: float = 0.3, **kw: Any
+        self,
+        digest: str,
+        waves: Sequence[str] = ("1", "50%", "100%"),
+        bake: float = 0.3,
+        **kw: Any,
     ) -> admin_pb2.RolloutStatus:
         request = admin_pb2.StartRolloutRequest(
             bundle=digest,
@@ -267,11 +256,37 @@ class Cluster:
         return await self.admin("GetRollout", admin_pb2.GetRolloutRequest(id=rollout_id))
 
 
+@dataclass
+class Cluster(Operator):
+    """The control plane in this process and event loop, with fast timings."""
+
+    settings: Settings = FAST
+
+    async def start(self) -> None:
+        self.plane = ControlPlane(
+            SqliteStorage(self.tmp / "cp.db"),
+            self.ring.trust(1),
+            make_signer(self.assign_key),
+            SystemClock(),
+            self.settings,
+        )
+        self.server = Server(self.plane, f"127.0.0.1:{self.port}", self.token)
+        self.port = await self.server.start()
+        self.open_admin()
+
+    async def stop(self) -> None:
+        await self.close_agents()
+        await self._admin_channel.close()
+        await self.server.stop(0.5)
+
+
 @contextlib.asynccontextmanager
 async def cluster(
     tmp_path: Path, settings: Settings = FAST, token: str | None = None
 ) -> AsyncIterator[Cluster]:
-    c = Cluster(tmp_path, KeyRing.generate(1), Ed25519PrivateKey.generate(), settings, token)
+    c = Cluster(
+        tmp_path, KeyRing.generate(1), Ed25519PrivateKey.generate(), token, settings=settings
+    )
     await c.start()
     try:
         yield c
