@@ -57,8 +57,8 @@ def repair_seconds(execution: Execution) -> float | None:
         return None
     if not isinstance(body, dict):
         return None
-    start = body.get("detected_at") or body.get("started_at")
-    end = body.get("finished_at") or execution.at
+    start = body.get("detected_at", body.get("started_at"))
+    end = body.get("finished_at", execution.at)
     if not isinstance(start, int | float) or not isinstance(end, int | float) or end < start:
         return None
     return float(end - start)

@@ -9,6 +9,7 @@ A file newer than this code is refused rather than half-understood.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 from controlplane.errors import ControlPlaneError
@@ -70,27 +71,27 @@ def schema_version(db: sqlite3.Connection) -> int:
     return int(db.execute("PRAGMA user_version").fetchone()[0])
 
 
-def migrate(db: sqlite3.Connection, path: Path) -> None:
+def migrate(db: sqlite3.Connection, path: Path, migrations: Sequence[str] = MIGRATIONS) -> None:
     """Apply pending migrations, each in its own IMMEDIATE transaction that re-reads the version
     under the write lock, so two processes opening one new file never apply a step twice."""
     current = schema_version(db)
-    if current > len(MIGRATIONS):
+    if current > len(migrations):
         raise SchemaError(
-            f"{path}: schema v{current} is newer than this control plane (v{len(MIGRATIONS)}); "
+            f"{path}: schema v{current} is newer than this control plane (v{len(migrations)}); "
             f"upgrade stanch or restore a backup"
         )
-    if current == len(MIGRATIONS):
+    if current == len(migrations):
         return
     if current > 0:
         backup = sqlite3.connect(str(path.with_name(f"{path.name}.v{current}.bak")))
         with backup:
             db.backup(backup)
         backup.close()
-    for version in range(current, len(MIGRATIONS)):
+    for version in range(current, len(migrations)):
         db.execute("BEGIN IMMEDIATE")
         try:
             if schema_version(db) == version:
-                for statement in MIGRATIONS[version].split(";"):
+                for statement in migrations[version].split(";"):
                     if statement.strip():
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {version + 1}")

@@ -33,7 +33,7 @@ from controlplane.storage.base import (
     RolloutRecord,
     Signer,
 )
-from controlplane.storage.schema import migrate, schema_version
+from controlplane.storage.schema import MIGRATIONS, migrate, schema_version
 
 ACTIVE_STATES = ("running", "paused")
 ROLLOUT_HOST_UPSERT = (
@@ -43,7 +43,8 @@ ROLLOUT_HOST_UPSERT = (
 
 
 class SqliteStorage:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, migrations: Sequence[str] = MIGRATIONS) -> None:
+        """``migrations`` is injectable so a test can exercise an upgrade of a real file."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
@@ -54,7 +55,7 @@ class SqliteStorage:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA busy_timeout=10000")
-        migrate(self._db, self.path)
+        migrate(self._db, self.path, migrations)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

@@ -19,9 +19,17 @@ from controlplane.keys import generate, load_private_key
 
 REPO = Path(__file__).resolve().parents[2]
 FAST_FLAGS = (
-    "--tick", "50ms", "--presence-interval", "100ms", "--lost-after", "5s",
-    "--apply-timeout", "5s", "--log-format", "json",
-)  # fmt: skip
+    "--tick",
+    "50ms",
+    "--presence-interval",
+    "100ms",
+    "--lost-after",
+    "5s",
+    "--apply-timeout",
+    "5s",
+    "--log-format",
+    "json",
+)
 
 
 @dataclass
@@ -39,13 +47,27 @@ class ServerProcess(Operator):
     def start(self, *extra: str) -> None:
         log = (self.tmp / "cp.log").open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "controlplane.server", "--db", str(self.tmp / "cp.db"),
-             "--listen", f"127.0.0.1:{self.port}", "--insecure",
-             "--assignment-key", str(self.tmp / "cp" / "assign.key"),
-             "--trust", str(self.tmp / "trust"), *FAST_FLAGS, *extra],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=log,
+            [
+                sys.executable,
+                "-m",
+                "controlplane.server",
+                "--db",
+                str(self.tmp / "cp.db"),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--insecure",
+                "--assignment-key",
+                str(self.tmp / "cp" / "assign.key"),
+                "--trust",
+                str(self.tmp / "trust"),
+                *FAST_FLAGS,
+                *extra,
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=log,
             env={**os.environ, "PYTHONPATH": str(REPO)},
-        )  # fmt: skip
+        )
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 20)
         line = self.proc.stdout.readline().decode() if ready else ""

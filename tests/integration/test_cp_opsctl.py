@@ -31,9 +31,15 @@ async def opsctl(cp: ServerProcess, *args: str, addr: str | None = None) -> Resu
     env = {**os.environ, "PYTHONPATH": str(REPO), "STANCH_ADDR": addr or cp.addr}
     env.pop("STANCH_TOKEN", None)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "controlplane.opsctl", *args,
-        cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+        sys.executable,
+        "-m",
+        "controlplane.opsctl",
+        *args,
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return Result(proc.returncode, out.decode(), err.decode())
@@ -91,17 +97,34 @@ def test_rollouts_fleet_and_reports_from_the_command_line(tmp_path: Path) -> Non
                 return (False, "invalid_policy") if a.bundle_digest == bad_digest else (True, "")
 
             web = [
-                await cp.agent(f"web-{i}", {"env": "prod", "role": "web"}, digest=v1.digest,
-                               version=1, verdict=verdict)
+                await cp.agent(
+                    f"web-{i}",
+                    {"env": "prod", "role": "web"},
+                    digest=v1.digest,
+                    version=1,
+                    verdict=verdict,
+                )
                 for i in range(3)
-            ]  # fmt: skip
+            ]
             db = await cp.agent("db-0", {"env": "prod", "role": "db"}, digest=v1.digest, version=1)
             good = write(cp, cp.bundle(2, minutes=15), "v2.bundle")
             start = await opsctl(
-                cp, "rollout", "policy", good, "--selector", "env=prod", "--waves", "1,100%",
-                "--bake", "300ms", "--gate", "agents_lost=1", "--gate-mode", "escalations=observe",
+                cp,
+                "rollout",
+                "policy",
+                good,
+                "--selector",
+                "env=prod",
+                "--waves",
+                "1,100%",
+                "--bake",
+                "300ms",
+                "--gate",
+                "agents_lost=1",
+                "--gate-mode",
+                "escalations=observe",
                 "--watch",
-            )  # fmt: skip
+            )
             assert start.code == 0, start.err + start.out
             assert "completed" in start.out.splitlines()[-1]
             assert all(s.on != v1.digest for s in [*web, db])
@@ -129,9 +152,18 @@ def test_rollouts_fleet_and_reports_from_the_command_line(tmp_path: Path) -> Non
             bad = await cp.publish(cp.bundle(3, minutes=15))
             bad_digest = bad.digest
             halted = await opsctl(
-                cp, "rollout", "policy", bad.digest[:12], "-l", "role=web", "--waves", "1,100%",
-                "--bake", "5s", "--watch",
-            )  # fmt: skip
+                cp,
+                "rollout",
+                "policy",
+                bad.digest[:12],
+                "-l",
+                "role=web",
+                "--waves",
+                "1,100%",
+                "--bake",
+                "5s",
+                "--watch",
+            )
             assert halted.code == 1, halted.out + halted.err
             assert "rolled_back" in halted.out and "failed_applies" in halted.out
             assert (
@@ -168,8 +200,9 @@ def test_rollouts_fleet_and_reports_from_the_command_line(tmp_path: Path) -> Non
             unknown = await opsctl(cp, "explain", "nope", "heartbeat")
             assert unknown.code == 1 and "never connected" in unknown.err
 
-            paused = await opsctl(cp, "pause", "--policy", "heartbeat", "--for", "1h",
-                                  "--reason", "maintenance")  # fmt: skip
+            paused = await opsctl(
+                cp, "pause", "--policy", "heartbeat", "--for", "1h", "--reason", "maintenance"
+            )
             assert paused.code == 0 and "reached 4" in paused.out
             await until(lambda: all("heartbeat" in s.pauses for s in [*web, db]), 1.0, "pause")
             assert "heartbeat" in (await opsctl(cp, "pauses", "list")).out

@@ -180,8 +180,10 @@ def test_hosts_joining_mid_rollout_get_the_bundle_of_their_wave(tmp_path: Path) 
             joiner_early = await c.agent(early, {"env": "prod"})
             await until(lambda: joiner_early.on == v2.digest, what="a canary-wave joiner gets v2")
             assert joiner_later.on == v1.digest  # still: its wave has not been reached
-            await c.admin("ControlRollout", admin_pb2.ControlRolloutRequest(
-                id=started.id, action="abort", reason="test over"))  # fmt: skip
+            await c.admin(
+                "ControlRollout",
+                admin_pb2.ControlRolloutRequest(id=started.id, action="abort", reason="test over"),
+            )
             assert (await c.status(started.id)).state == "aborted"
             await until(lambda: joiner_early.on == v1.digest, what="abort rolls the joiner back")
 
