@@ -1,6 +1,6 @@
 """Apply one signed assignment: verify it, fetch its bundle, install it, remember its sequence.
 
-The steps, and what each failure means for the sequence high-water mark (``assignment_seq`` in
+The steps, and what each outcome means for the sequence high-water mark (``assignment_seq`` in
 ``agent_state``):
 
 - the assignment is refused (bad signature, other host, stale seq): reported; the mark is kept;
@@ -11,44 +11,46 @@ The steps, and what each failure means for the sequence high-water mark (``assig
   answer to this assignment, the mark is raised; the refusal is reported from the rejection log;
 - installed: mark raised; the runner notices the new active pointer and reloads.
 
-``allow_rollback`` (and ``allow_rename``) are passed to the store only here, because a signed
-assignment with a higher sequence is the authority for them: an automatic rollback is exactly a
-newer assignment that points at an older, still operator-signed bundle.
+Signature checks (of the assignment, then of the bundle) run in a child process, the ``verifier``,
+so the long-lived agent never maps ``cryptography`` (see that module). ``allow_rollback`` and
+``allow_rename`` are passed to the store only there, because a signed assignment with a higher
+sequence is the authority for them: an automatic rollback is exactly a newer assignment that
+points at an older, still operator-signed bundle.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import json
 import logging
 import os
-import tempfile
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from agent.bundle.archive import MAX_BUNDLE_BYTES
-from agent.bundle.keys import KeyFileError, load_public_dir
-from agent.bundle.rejection import BundleRejected, Reason
-from agent.bundle.store import BundleStore
-from agent.bundle.trust import TrustError, TrustStore
+import agent
 from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.errors import StanchError
-from agent.fleet.assignment import Assignment, AssignmentRejected, verify_assignment
+from agent.fleet.assignment import TRUST_ERROR, Assignment
 from agent.fleet.config import ControlPlaneConfig
 from agent.fleet.health import read_pointer
 from agent.fleet.outbox import Outbox
 from agent.fleet.rejections import RejectionForwarder
 from agent.journal import Journal, Report
 from agent.logs import log_event
+from agent.subproc import run_bounded, scrubbed_env
 
 SEQ_KEY = "assignment_seq"
 FETCH_FAILED = "fetch_failed"
 DIGEST_MISMATCH = "digest_mismatch"
-TRUST_ERROR = "trust_error"
-TRANSIENT = frozenset({Reason.STORAGE_ERROR, Reason.UNREADABLE})
-"""Store refusals that say nothing about the bundle: the same assignment may be retried."""
+VERIFIER_FAILED = "verifier_failed"
+FETCH_LIMIT = 64 << 20
+"""The largest bundle fetched: ``agent.bundle.archive.MAX_BUNDLE_BYTES`` (not imported here, as
+that module brings ``tarfile``; ``tests/unit/test_fleet_apply.py`` holds the two equal)."""
+VERIFIER_TIMEOUT = 120.0
 
 
 class FetchError(StanchError):
@@ -81,7 +83,7 @@ class Applier:
         journal: Journal,
         outbox: Outbox,
         clock: Clock,
-        max_bytes: int = MAX_BUNDLE_BYTES,
+        max_bytes: int = FETCH_LIMIT,
     ) -> None:
         self.config = config
         self.settings = settings
@@ -89,7 +91,6 @@ class Applier:
         self.outbox = outbox
         self.clock = clock
         self.max_bytes = max_bytes
-        self.store = BundleStore(config.state_dir, clock=clock, max_bytes=max_bytes)
         self.rejections = RejectionForwarder(config.state_dir, journal, outbox)
 
     def last_seq(self) -> int:
@@ -98,69 +99,83 @@ class Applier:
 
     async def apply(self, envelope: bytes, fetch: Fetcher) -> ApplyOutcome:
         """Run every step; never raises for a bad assignment or bundle (the outcome says)."""
-        try:
-            assignment = await asyncio.to_thread(self.verify, envelope)
-        except AssignmentRejected as exc:
-            return self._refused(exc.seq, exc.digest, exc.reason, exc.message)
+        args = ["assignment", "--keys", str(self.settings.assignment_keys)]
+        args += ["--host", self.config.host_id, "--last-seq", str(self.last_seq())]
+        verdict = await asyncio.to_thread(self._verifier, args, envelope)
+        if not verdict.get("ok"):
+            return self._refused(
+                int(verdict.get("seq") or 0),
+                str(verdict.get("digest") or ""),
+                str(verdict.get("reason") or VERIFIER_FAILED),
+                str(verdict.get("message") or ""),
+            )
+        assignment = Assignment(**verdict["assignment"])
         digest = assignment.bundle_digest
-        if self._active_digest() == digest:
+        pointer = read_pointer(self.config.state_dir)
+        if pointer is not None and pointer.digest == digest:
             self._accept(assignment)
             return ApplyOutcome(assignment.seq, digest, True, "", "bundle already active")
         try:
             data = await fetch(digest, self.max_bytes)
         except FetchError as exc:
             return self._refused(assignment.seq, digest, exc.reason, exc.message)
-        if hashlib.sha256(data).hexdigest() != digest:
-            return self._refused(
-                assignment.seq,
-                digest,
-                DIGEST_MISMATCH,
-                f"the control plane served {len(data)} bytes that do not hash to {digest}",
-            )
         return await asyncio.to_thread(self._install, assignment, data)
-
-    def verify(self, envelope: bytes) -> Assignment:
-        try:
-            keys = load_public_dir(self.settings.assignment_keys)
-        except KeyFileError as exc:
-            raise AssignmentRejected(TRUST_ERROR, f"assignment keys: {exc}") from None
-        return verify_assignment(envelope, keys, self.config.host_id, self.last_seq())
 
     def _install(self, assignment: Assignment, data: bytes) -> ApplyOutcome:
         seq, digest = assignment.seq, assignment.bundle_digest
-        try:
-            trust = TrustStore.load(self.settings.trust, self.settings.trust_threshold)
-        except TrustError as exc:
-            return self._refused(seq, digest, TRUST_ERROR, str(exc))
-        fd, name = tempfile.mkstemp(prefix=".fetched-", suffix=".bundle", dir=self.config.state_dir)
+        # Not tempfile: it would import shutil and random into the long-lived agent for one name.
+        name = str(self.config.state_dir / f".fetched-{digest}-{os.getpid()}.bundle")
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
-            done = self.store.install(
-                name, trust, self.clock.now(), allow_rollback=True, allow_rename=True
-            )
-        except BundleRejected as exc:
-            if exc.reason not in TRANSIENT:
+            args = ["install", name, "--digest", digest, "--trust", str(self.settings.trust)]
+            args += ["--state-dir", str(self.config.state_dir)]
+            if self.settings.trust_threshold is not None:
+                args += ["--threshold", str(self.settings.trust_threshold)]
+            verdict = self._verifier(args)
+        finally:
+            Path(name).unlink(missing_ok=True)
+        reason = str(verdict.get("reason") or VERIFIER_FAILED)
+        message = str(verdict.get("message") or "")
+        if not verdict.get("ok"):
+            if reason in (TRUST_ERROR, VERIFIER_FAILED, DIGEST_MISMATCH, "install_error"):
+                return self._refused(seq, digest, reason, message)
+            if not verdict.get("transient"):
                 self._accept(assignment)
             # The store logged it; report it from there (once), with what the log cannot know.
             context = {"source": "assignment", "seq": seq, "bundle_digest": digest}
             self.rejections.scan({name: context})
-            log_event("assignment_bundle_rejected", logging.WARNING, seq=seq, reason=exc.reason)
-            return ApplyOutcome(seq, digest, False, str(exc.reason), exc.message)
-        except (OSError, StanchError) as exc:
-            return self._refused(seq, digest, "install_error", str(exc))
-        finally:
-            Path(name).unlink(missing_ok=True)
+            log_event("assignment_bundle_rejected", logging.WARNING, seq=seq, reason=reason)
+            return ApplyOutcome(seq, digest, False, reason, message)
         self._accept(assignment)
         log_event(
             "assignment_applied",
             seq=seq,
-            bundle=done.name,
-            version=done.version,
-            digest=done.digest,
-            previous=done.previous,
+            bundle=verdict.get("name"),
+            version=verdict.get("version"),
+            digest=digest,
+            previous=verdict.get("previous"),
         )
-        return ApplyOutcome(seq, digest, True, "", f"activated {done.name} v{done.version}")
+        text = f"activated {verdict.get('name')} v{verdict.get('version')}"
+        return ApplyOutcome(seq, digest, True, "", text)
+
+    def _verifier(self, args: Sequence[str], stdin: bytes | None = None) -> dict[str, Any]:
+        """Run ``python -m agent.fleet.verifier ARGS``; its verdict, or a ``verifier_failed``
+        one when it crashed, hung or printed something that is not a verdict."""
+        argv = [sys.executable, "-m", "agent.fleet.verifier", *args]
+        # The child imports this same agent package, installed or from a checkout.
+        env = scrubbed_env({"PYTHONPATH": str(Path(agent.__file__).resolve().parent.parent)})
+        done = run_bounded(argv, VERIFIER_TIMEOUT, env=env, stdin=stdin or b"")
+        try:
+            verdict = json.loads(done.stdout.strip().splitlines()[-1]) if done.ok else None
+        except (ValueError, IndexError):
+            verdict = None
+        if not isinstance(verdict, dict):
+            lines = done.stderr.strip().splitlines()
+            detail = done.error or (lines[-1] if lines else f"exit {done.exit_code}, no verdict")
+            return {"ok": False, "reason": VERIFIER_FAILED, "message": f"verifier: {detail}"}
+        return verdict
 
     def _accept(self, assignment: Assignment) -> None:
         self.journal.put_agent_state(
@@ -171,10 +186,6 @@ class Applier:
                 "assignment_at": self.clock.now(),
             }
         )
-
-    def _active_digest(self) -> str | None:
-        pointer = read_pointer(self.config.state_dir)
-        return pointer.digest if pointer else None
 
     def _refused(self, seq: int, digest: str, reason: str, message: str) -> ApplyOutcome:
         log_event("assignment_rejected", logging.WARNING, seq=seq, reason=reason, message=message)

@@ -14,7 +14,9 @@ a higher seq that points at an older, still operator-signed bundle; an attacker 
 assignment that first installed that bundle is refused, because its seq is lower. The bundle
 itself is still verified against the operator keys when it is installed.
 
-Pure functions over bytes and keys: no network, no disk.
+Pure functions over bytes and keys: no network, no disk. ``cryptography`` is imported only by
+:func:`verify_assignment`, which runs in the verifier child process (see ``verifier``), so the
+long-lived agent can use :class:`Assignment` without mapping it in.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from agent.bundle.dsse import Envelope, EnvelopeError, verified_keyids
 from agent.errors import StanchError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from agent.bundle.dsse import Envelope
 
 ASSIGNMENT_PAYLOAD_TYPE = "application/vnd.stanch.assignment+json"
 MAX_ASSIGNMENT_BYTES = 64 * 1024
@@ -46,12 +50,15 @@ class AssignmentRejected(StanchError):
         super().__init__(f"assignment rejected ({reason}): {message}")
 
 
-MALFORMED = "malformed_assignment"
+MALFORMED = "malformed"
 WRONG_PAYLOAD_TYPE = "wrong_payload_type"
 UNKNOWN_KEY = "unknown_key"
 WRONG_HOST = "wrong_host"
-STALE_SEQ = "stale_seq"
-"""Not higher than the last accepted sequence: a replay, or a control plane that lost state."""
+TRUST_ERROR = "trust_error"
+"""This host cannot check signatures (assignment keys or bundle trust missing or unreadable)."""
+STALE_SEQ = "replayed"
+"""Not higher than the last accepted sequence: a replay, or a control plane that lost state.
+(The codes match ``controlplane.assignments``, so both ends speak one vocabulary.)"""
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,8 @@ class Assignment:
 
     def envelope(self) -> Envelope:
         """The unsigned envelope; the control plane adds its signature."""
+        from agent.bundle.dsse import Envelope
+
         return Envelope(ASSIGNMENT_PAYLOAD_TYPE, self.to_payload())
 
 
@@ -91,6 +100,8 @@ def verify_assignment(
     The payload is parsed only after a pinned key's signature checked out, so unauthenticated
     JSON never steers anything; the seq and digest of a refused one are filled in when known.
     """
+    from agent.bundle.dsse import Envelope, EnvelopeError, verified_keyids
+
     if len(data) > MAX_ASSIGNMENT_BYTES:
         raise AssignmentRejected(MALFORMED, f"envelope over {MAX_ASSIGNMENT_BYTES} bytes")
     try:

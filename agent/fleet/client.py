@@ -29,6 +29,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
@@ -190,6 +191,9 @@ class FleetClient:
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
+        # One worker for the blocking calls (journal, pause file, verifier): they are serial
+        # anyway, and each extra thread costs memory on every host.
+        self._loop.set_default_executor(ThreadPoolExecutor(1, "stanch-fleet-io"))
         self._stop_event = asyncio.Event()
         if self._stopping.is_set():
             return

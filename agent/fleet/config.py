@@ -51,7 +51,7 @@ class ControlPlaneConfig:
     outbox_limit: int = DEFAULT_OUTBOX_LIMIT
     keepalive: float = 30.0
     """Seconds between HTTP/2 pings on an idle connection (a dead peer is noticed in
-    ``keepalive`` + 10 s). The control plane must permit pings this often."""
+    ``keepalive`` + 10 s). At least 10 s: servers refuse more frequent pings (GOAWAY)."""
 
 
 def parse_control_plane(f: Fields) -> ControlPlaneConfig | None:
@@ -83,7 +83,7 @@ def parse_control_plane(f: Fields) -> ControlPlaneConfig | None:
     heartbeat = cp.duration("heartbeat", "10s", minimum=0.05)
     batch = cp.integer("report_batch", 100, minimum=1)
     limit = cp.integer("outbox_limit", DEFAULT_OUTBOX_LIMIT, minimum=1)
-    keepalive = cp.duration("keepalive", "30s", minimum=1.0)
+    keepalive = cp.duration("keepalive", "30s", minimum=10.0)
     cp.done()
     if not all(isinstance(v, str) for v in (address, keys, trust)):
         return None  # the missing field was reported; the caller raises

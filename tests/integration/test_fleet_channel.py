@@ -271,7 +271,7 @@ def test_assignment_fetches_installs_and_a_replay_is_refused(fleet: Fleet) -> No
     # A replay of the seq-1 assignment (validly signed, once legitimate) would roll back: refused.
     fake.send(fleet.assignment(v1, seq=1))
     refused = results(fake, 3)[2]
-    assert not refused.applied and refused.reason == "stale_seq"
+    assert not refused.applied and refused.reason == "replayed"
     assert BundleStore(fleet.state).active().digest == v2  # type: ignore[union-attr]
     # An authorised rollback is a *newer* assignment pointing at the older bundle: accepted.
     fake.send(fleet.assignment(v1, seq=3))
@@ -283,7 +283,7 @@ def test_assignment_fetches_installs_and_a_replay_is_refused(fleet: Fleet) -> No
     rejections = wait_for(
         lambda: [r for r in fake.reports() if r.kind == "rejection"], what="rejection report"
     )
-    assert [r.reason for r in rejections] == ["stale_seq"]
+    assert [r.reason for r in rejections] == ["replayed"]
     assert json.loads(rejections[0].body_json)["seq"] == 1
 
     # The next hello carries the sequence, so the control plane knows where this host is.
@@ -298,7 +298,7 @@ def test_assignment_fetches_installs_and_a_replay_is_refused(fleet: Fleet) -> No
     [
         ("wrong_key", "unknown_key"),
         ("other_host", "wrong_host"),
-        ("garbage", "malformed_assignment"),
+        ("garbage", "malformed"),
     ],
 )
 def test_a_bad_assignment_is_refused_and_reported(fleet: Fleet, kind: str, reason: str) -> None:
@@ -347,6 +347,19 @@ def test_a_missing_bundle_is_not_applied_and_may_be_retried(fleet: Fleet) -> Non
     fake.serve(data)
     fake.send(fleet.assignment(digest, seq=1))
     assert results(fake, 2)[1].applied, "the same assignment succeeds once the bundle is there"
+
+
+def test_bytes_that_do_not_match_the_digest_are_refused(fleet: Fleet) -> None:
+    fake = fleet.server()
+    client, journal, outbox = fleet.client()
+    fake.wait(lambda: fake.hellos[:1])
+    wanted = hashlib.sha256(fleet.bundle(1)).hexdigest()
+    fake.bundles[wanted] = fleet.bundle(2)  # a validly signed bundle, but not the one named
+    fake.send(fleet.assignment(wanted, seq=1))
+    result = results(fake, 1)[0]
+    assert not result.applied and result.reason == "digest_mismatch"
+    assert BundleStore(fleet.state).active() is None
+    assert journal.agent_state().get("assignment_seq", 0) == 0
 
 
 def test_a_bundle_over_the_size_bound_is_refused(fleet: Fleet) -> None:
