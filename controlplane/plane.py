@@ -102,6 +102,7 @@ class ControlPlane:
                 await task
         with contextlib.suppress(Exception):
             await self.presence.flush()
+            await self.store.run(self.db.disconnect_all)  # every stream just ended
         await asyncio.get_running_loop().run_in_executor(None, self.store.close)
 
     def on_reports(self, reports: Sequence[Report]) -> None:
