@@ -191,9 +191,9 @@ class FleetClient:
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
-        # One worker for the blocking calls (journal, pause file, verifier): they are serial
-        # anyway, and each extra thread costs memory on every host.
-        self._loop.set_default_executor(ThreadPoolExecutor(1, "stanch-fleet-io"))
+        # Two workers for the blocking calls (journal, pause file, verifier): one may wait on a
+        # verifier child for seconds while acks keep flowing; each extra thread costs memory.
+        self._loop.set_default_executor(ThreadPoolExecutor(2, "stanch-fleet-io"))
         self._stop_event = asyncio.Event()
         if self._stopping.is_set():
             return
@@ -204,11 +204,15 @@ class FleetClient:
                 await self._run_session(session)
             except (SessionLost, grpc.aio.AioRpcError, OSError, TimeoutError) as exc:
                 self.stats.last_error = _describe(exc)
+                # Loud once per outage, quiet for each retry during it (a day-long outage at
+                # a 60 s cap is 1,440 attempts).
+                first = self.backoff.attempt == 0 or session.heard
                 log_event(
                     "control_plane_disconnected",
-                    logging.WARNING,
+                    logging.WARNING if first else logging.INFO,
                     address=self.settings.address,
                     error=self.stats.last_error,
+                    attempt=self.backoff.attempt + 1,
                 )
             except Exception as exc:  # a bug in a handler: log it, reconnect, keep going
                 self.stats.last_error = repr(exc)
@@ -289,16 +293,22 @@ class FleetClient:
             elif kind == "assignment":
                 self.stats.assignments += 1
                 await assignments.put(message.assignment.envelope)
-            elif kind == "pause":
-                p = message.pause
-                until = p.until or None
-                now = self.clock.now()
-                await asyncio.to_thread(
-                    apply_pause, self.pauses, p.scope, until, p.reason, p.by, now
-                )
-            elif kind == "resume":
-                await asyncio.to_thread(apply_resume, self.pauses, message.resume.scope)
+            elif kind in ("pause", "resume"):
+                await asyncio.to_thread(self._pause, message)
         raise SessionLost("the control plane closed the stream")
+
+    def _pause(self, message: pb.ControlMessage) -> None:
+        """Write a central pause or resume to the pause file. A file that cannot be written (a
+        full disk) is logged, not fatal: the control plane repeats pauses to a reconnecting
+        agent, and dropping the stream would not make the disk any emptier."""
+        try:
+            if message.HasField("pause"):
+                p = message.pause
+                apply_pause(self.pauses, p.scope, p.until or None, p.reason, p.by, self.clock.now())
+            else:
+                apply_resume(self.pauses, message.resume.scope)
+        except OSError as exc:
+            log_event("central_pause_failed", logging.ERROR, error=str(exc))
 
     async def _heartbeats(self, session: _Session) -> None:
         while True:
