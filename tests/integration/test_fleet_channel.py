@@ -457,3 +457,25 @@ def test_an_assignment_reaches_the_running_policies(harness: Any, fleet: Fleet) 
     fake.send(pb.ControlMessage(pause=pb.FleetPause(scope="app2", until=time.time() + 60)))
     wait_for(lambda: agent.pauses.effective("app2", time.time()), what="the central pause")
     assert local.load()["app2"].by == "control-plane"
+
+
+def test_reports_queued_while_down_survive_kill_9_and_arrive_once(
+    harness: Any, fleet: Fleet
+) -> None:
+    flag = fleet.root / "flag"
+    agent_with_bundle(harness, fleet, {"flag.yaml": harness.flag_policy("flag", flag)})
+    harness.spawn()  # a real agent process; the control plane is down
+    harness.wait_executions("flag", 1, status="fixed")
+    harness.wait_decision("flag", "cleared")
+    harness.kill9()
+    queued = {r.id for r in Outbox(harness.journal, 1000).pending(limit=1000)}
+    assert len(queued) >= 4  # act, execution fixed, fixed, cleared
+
+    store = Store()
+    fake = fleet.server(store)
+    harness.spawn()
+    fake.wait(lambda: queued <= fake.report_ids(), what="every queued report")
+    wait_for(lambda: Outbox(harness.journal, 1000).depth() == 0, what="the outbox drained")
+    assert len(store.deliveries) == len(set(store.deliveries)), "each id on the wire once"
+    kinds = sorted(r.kind for r in fake.reports() if r.id in queued)
+    assert kinds.count("execution") == 1 and kinds.count("decision") >= 3
