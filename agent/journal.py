@@ -391,9 +391,27 @@ class Journal:
         if row is None:
             return
         record = self._execution(row)
-        body = {**asdict(record), "decision_id": row["decision_id"]}
+        body = {
+            **asdict(record),
+            "decision_id": row["decision_id"],
+            "detected_at": self._detected_at(db, record.policy, row["decision_id"]),
+        }
         at = record.finished_at or record.started_at
         self._report(db, Report("execution", record.policy, at, record.status, reason, body))
+
+    @staticmethod
+    def _detected_at(db: sqlite3.Connection, policy: str, decision_id: int | None) -> float | None:
+        """When the problem an execution fixed was first decided on: the oldest decision since
+        the policy last cleared (MTTR is detection to verified fix, not action to fix)."""
+        if decision_id is None:
+            return None
+        found = db.execute(
+            "SELECT MIN(at) FROM decisions WHERE policy = ? AND id <= ? AND id > "
+            "(SELECT COALESCE(MAX(id), 0) FROM decisions WHERE policy = ? "
+            "AND outcome = 'cleared' AND id < ?)",
+            (policy, decision_id, policy, decision_id),
+        ).fetchone()[0]
+        return float(found) if found is not None else None
 
     def has_decision(self, execution_id: str, outcome: str) -> bool:
         rows = self._query(

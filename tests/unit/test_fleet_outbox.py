@@ -76,6 +76,19 @@ def test_execution_end_and_interruption_are_reported(journal: Journal, outbox: O
     assert body["steps"][0]["stdout"].startswith("...") and len(body["steps"][0]["stdout"]) < 1100
 
 
+def test_an_execution_report_says_when_the_problem_was_detected(
+    journal: Journal, outbox: Outbox
+) -> None:
+    journal.record_decision("web", T0, "cleared", "condition_cleared", "", {}, [])
+    journal.record_decision("web", T0 + 10, "suppressed", "cooldown", "", {}, [])
+    journal.record_decision("web", T0 + 20, "suppressed", "cooldown", "", {}, [])  # folded
+    acted = journal.record_decision("web", T0 + 30, "act", "rule_matched", "", {}, [])
+    execution = journal.begin_execution("web", T0 + 30, acted, {})
+    journal.finish_execution(execution, T0 + 40, "fixed", "cleared")
+    body = json.loads(outbox.pending(limit=10)[-1].body)
+    assert body["detected_at"] == T0 + 10 and body["finished_at"] == T0 + 40
+
+
 def test_the_report_commits_with_its_record(journal: Journal, outbox: Outbox) -> None:
     class Boom(Outbox):
         def add(self, db: object, report: Report) -> None:  # type: ignore[override]
