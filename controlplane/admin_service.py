@@ -16,7 +16,7 @@ from controlplane.plane import ControlPlane
 from controlplane.rollout_admin import RolloutRequest
 from controlplane.selectors import matches
 from controlplane.status_codes import api_errors
-from controlplane.storage.base import BundleRecord, ReportQuery, RolloutRecord
+from controlplane.storage.base import AgentRecord, BundleRecord, ReportQuery, RolloutRecord
 from controlplane.waves import DEFAULT_WAVES
 from stanch.v1 import admin_pb2, admin_pb2_grpc
 
@@ -79,7 +79,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ListRolloutsRequest, context: Context
     ) -> admin_pb2.ListRolloutsResponse:
         rollouts = await self.run(self.db.rollouts, request.active_only)
-        return admin_pb2.ListRolloutsResponse(rollouts=[await self._status(r) for r in rollouts])
+        agents = await self.run(self.db.agents)
+        return admin_pb2.ListRolloutsResponse(
+            rollouts=[await self._status(r, agents) for r in rollouts]
+        )
 
     @api_errors
     async def ControlRollout(  # noqa: N802
@@ -90,10 +93,13 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         )
         return await self._status(rollout)
 
-    async def _status(self, rollout: RolloutRecord) -> admin_pb2.RolloutStatus:
+    async def _status(
+        self, rollout: RolloutRecord, agents: list[AgentRecord] | None = None
+    ) -> admin_pb2.RolloutStatus:
         bundle: BundleRecord | None = await self.run(self.db.bundle, rollout.bundle_digest)
         hosts = await self.run(self.db.rollout_hosts, rollout.id)
-        agents = await self.run(self.db.agents)
+        if agents is None:
+            agents = await self.run(self.db.agents)
         matching = sum(1 for a in agents if matches(rollout.selector, a.labels))
         return convert.rollout_status(rollout, bundle, hosts, matching)
 

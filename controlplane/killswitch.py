@@ -74,10 +74,13 @@ class KillSwitch:
         message = fleet_pb2.ControlMessage(resume=fleet_pb2.FleetResume(scope=scope))
         reached = self._send(targets, message)
         # An agent keeps one pause per scope: re-send any other pause that still covers it.
+        remaining = [
+            p for p in await self.store.run(self.db.pauses, self.clock.now()) if p.scope == scope
+        ]
         for conn in targets:
-            for other in await self.for_host(conn.labels):
-                if other.pause.scope == scope:
-                    conn.send(other)
+            for other in remaining:
+                if matches(other.selector, conn.labels):
+                    conn.send(pause_message(other))
         return cleared, reached
 
     async def for_host(self, labels: Mapping[str, str]) -> list[fleet_pb2.ControlMessage]:

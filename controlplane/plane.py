@@ -43,6 +43,8 @@ class Settings:
     hello_timeout: float = 10.0
     holder: str = "local"
     """This replica's name for the rollout-driver lease."""
+    report_retention: float = 90 * 86400.0
+    """Reports older than this are deleted (hourly): the store stays bounded."""
 
 
 class ControlPlane:
@@ -82,6 +84,7 @@ class ControlPlane:
         self._spawn(self.presence.run(), "presence")
         self._spawn(self.engine.run(), "rollouts")
         self._spawn(self._storm_loop(), "storm-breaker")
+        self._spawn(self._retention_loop(), "retention")
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -120,6 +123,17 @@ class ControlPlane:
         self.presence.seen(host_id, now, health)
         for policy in firing:
             self.storm.fired(host_id, policy, now)
+
+    async def _retention_loop(self) -> None:
+        while True:
+            try:
+                before = self.clock.now() - self.settings.report_retention
+                pruned = await self.store.run(self.db.prune_reports, before)
+                if pruned:
+                    log.info("pruned %d reports older than the retention", pruned)
+            except Exception:
+                log.exception("report pruning failed")
+            await asyncio.sleep(3600)
 
     async def _storm_loop(self) -> None:
         while True:

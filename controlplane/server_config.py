@@ -60,6 +60,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--storm-window", type=_duration, default=300.0, help="(5m)")
     p.add_argument("--storm-min-hosts", type=int, default=3)
     p.add_argument("--storm-pause", type=_duration, default=3600.0, help="(1h)")
+    p.add_argument(
+        "--report-retention", type=_duration, default=90 * 86400.0, help="keep reports (90d)"
+    )
     p.add_argument("--replica-id", default=socket.gethostname(), help="rollout lease holder")
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", default="auto", choices=("auto", "json", "text"))
@@ -87,6 +90,7 @@ def build(args: argparse.Namespace) -> tuple[ControlPlane, str | None]:
         tick=args.tick,
         presence_interval=args.presence_interval,
         holder=args.replica_id,
+        report_retention=args.report_retention,
     )
     plane = ControlPlane(open_storage(args.db), trust, make_signer(key), SystemClock(), settings)
     token = os.environ.get(args.admin_token_env) or None

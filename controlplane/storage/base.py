@@ -217,6 +217,9 @@ class Storage(Protocol):
         ...
 
     def reports(self, query: ReportQuery) -> list[Report]: ...
+    def prune_reports(self, before: float) -> int:
+        """Delete reports older than ``before`` (the retention); return how many."""
+        ...
 
     # ---- pauses and escalations
     def add_pause(

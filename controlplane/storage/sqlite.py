@@ -1,21 +1,16 @@
 """``SqliteStorage``: the control plane's state in one SQLite file (WAL, synchronous=FULL).
 
-One connection behind one lock: the server drives it from a single storage thread anyway, and
-tests call it directly. Every method is one transaction. Durability comes from
-``synchronous=FULL``; throughput for reports comes from group commit, i.e. the caller hands
-``insert_reports`` many agents' batches at once and they share one fsync (see
-``controlplane.ingest``): one fsync per report caps a disk at ~1,000 rows/s, one per batch does not.
+The class is layered by concern: ``SqliteDb`` (connection, pragmas, migrations, transactions),
+``ReportTables`` (reports with exactly-once inserts, pauses, escalations, leases), and this module:
+agents, bundles, assignments and rollouts. Together they implement the ``Storage`` Protocol;
+every method is one transaction.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from controlplane.storage import rows
@@ -25,15 +20,11 @@ from controlplane.storage.base import (
     AssignmentRecord,
     AssignmentRequest,
     BundleRecord,
-    EscalationRecord,
-    PauseRecord,
-    Report,
-    ReportQuery,
     RolloutHost,
     RolloutRecord,
     Signer,
 )
-from controlplane.storage.schema import MIGRATIONS, migrate, schema_version
+from controlplane.storage.sqlite_reports import ReportTables
 
 ACTIVE_STATES = ("running", "paused")
 ROLLOUT_HOST_UPSERT = (
@@ -42,44 +33,7 @@ ROLLOUT_HOST_UPSERT = (
 )
 
 
-class SqliteStorage:
-    def __init__(self, path: str | Path, migrations: Sequence[str] = MIGRATIONS) -> None:
-        """``migrations`` is injectable so a test can exercise an upgrade of a real file."""
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            str(self.path), timeout=10.0, check_same_thread=False, isolation_level=None
-        )
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        migrate(self._db, self.path, migrations)
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return list(self._db.execute(sql, args).fetchall())
-
-    def schema_version(self) -> int:
-        with self._lock:
-            return schema_version(self._db)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
+class SqliteStorage(ReportTables):
     # ---- agents ------------------------------------------------------------------------------
 
     def upsert_agent(self, agent: AgentRecord) -> None:
@@ -264,98 +218,3 @@ class SqliteStorage:
             (rollout_id, host_id),
         )
         return rows.rollout_host(found[0]) if found else None
-
-    # ---- reports -----------------------------------------------------------------------------
-
-    def insert_reports(self, reports: Sequence[Report]) -> int:
-        with self._tx() as db:
-            before = db.total_changes
-            db.executemany(
-                "INSERT OR IGNORE INTO reports (host_id, id, kind, policy, at, outcome, reason, "
-                "body, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, strftime('%s', 'now'))",
-                [
-                    (r.host_id, r.id, r.kind, r.policy, r.at, r.outcome, r.reason, r.body_json)
-                    for r in reports
-                ],
-            )
-            return db.total_changes - before
-
-    def reports(self, query: ReportQuery) -> list[Report]:
-        clauses: list[str] = ["at >= ?"]
-        args: list[Any] = [query.since]
-        for column, value in (("host_id", query.host), ("policy", query.policy)):
-            if value:
-                clauses.append(f"{column} = ?")
-                args.append(value)
-        if query.kind:
-            clauses.append("kind = ?")
-            args.append(query.kind)
-        if query.hosts:
-            clauses.append(f"host_id IN ({','.join('?' * len(query.hosts))})")
-            args.extend(query.hosts)
-        sql = (
-            f"SELECT * FROM reports WHERE {' AND '.join(clauses)} ORDER BY at DESC, id DESC LIMIT ?"
-        )
-        return [rows.report(r) for r in self._query(sql, [*args, query.limit])]
-
-    # ---- pauses, escalations, leases ---------------------------------------------------------
-
-    def add_pause(
-        self, scope: str, selector: Mapping[str, str], until: float, reason: str, by: str, at: float
-    ) -> PauseRecord:
-        with self._tx() as db:
-            cursor = db.execute(
-                "INSERT INTO pauses (scope, selector, until, reason, created_by, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (scope, json.dumps(dict(selector), sort_keys=True), until, reason, by, at),
-            )
-            return PauseRecord(int(cursor.lastrowid or 0), scope, selector, until, reason, by, at)
-
-    def clear_pauses(self, scope: str, selector: Mapping[str, str]) -> list[PauseRecord]:
-        text = json.dumps(dict(selector), sort_keys=True)
-        with self._tx() as db:
-            found = db.execute(
-                "SELECT * FROM pauses WHERE cleared_at IS NULL AND scope = ? AND selector = ?",
-                (scope, text),
-            ).fetchall()
-            db.execute(
-                "UPDATE pauses SET cleared_at = strftime('%s', 'now') "
-                "WHERE cleared_at IS NULL AND scope = ? AND selector = ?",
-                (scope, text),
-            )
-        return [rows.pause(r) for r in found]
-
-    def pauses(self, now: float) -> list[PauseRecord]:
-        found = self._query(
-            "SELECT * FROM pauses WHERE cleared_at IS NULL AND (until = 0 OR until > ?) "
-            "ORDER BY id",
-            (now,),
-        )
-        return [rows.pause(r) for r in found]
-
-    def add_escalation(self, at: float, source: str, policy: str, message: str) -> int:
-        with self._tx() as db:
-            cursor = db.execute(
-                "INSERT INTO escalations (at, source, policy, message) VALUES (?, ?, ?, ?)",
-                (at, source, policy, message),
-            )
-            return int(cursor.lastrowid or 0)
-
-    def escalations(self, since: float) -> list[EscalationRecord]:
-        found = self._query("SELECT * FROM escalations WHERE at >= ? ORDER BY id", (since,))
-        return [
-            EscalationRecord(r["id"], r["at"], r["source"], r["policy"], r["message"])
-            for r in found
-        ]
-
-    def acquire_lease(self, name: str, holder: str, ttl: float, now: float) -> bool:
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO leases (name, holder, expires) VALUES (?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET holder = excluded.holder, "
-                "expires = excluded.expires WHERE leases.holder = excluded.holder "
-                "OR leases.expires < ?",
-                (name, holder, now + ttl, now),
-            )
-            row = db.execute("SELECT holder FROM leases WHERE name = ?", (name,)).fetchone()
-            return bool(row is not None and row[0] == holder)

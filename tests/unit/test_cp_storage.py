@@ -65,6 +65,8 @@ def test_reports_are_stored_once_per_host_and_id(db: SqliteStorage) -> None:
     ]
     assert [r.id for r in db.reports(ReportQuery(host="h1", since=101.5))] == [2]
     assert [r.host_id for r in db.reports(ReportQuery(hosts=("h2",)))] == ["h2"]
+    assert db.prune_reports(before=101.5) == 2  # retention: h1/1 and h2/1
+    assert [(r.host_id, r.id) for r in db.reports(ReportQuery())] == [("h1", 2)]
 
 
 def test_sequences_rise_per_host_and_above_what_the_agent_reported(db: SqliteStorage) -> None:
