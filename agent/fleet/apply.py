@@ -34,7 +34,7 @@ import agent
 from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.errors import StanchError
-from agent.fleet.assignment import TRUST_ERROR, Assignment
+from agent.fleet.assignment import STALE_SEQ, TRUST_ERROR, Assignment
 from agent.fleet.config import ControlPlaneConfig
 from agent.fleet.health import read_pointer
 from agent.fleet.outbox import Outbox
@@ -92,26 +92,38 @@ class Applier:
         self.clock = clock
         self.max_bytes = max_bytes
         self.rejections = RejectionForwarder(config.state_dir, journal, outbox)
+        self._lock = asyncio.Lock()
 
     def last_seq(self) -> int:
         value = self.journal.agent_state().get(SEQ_KEY, 0)
         return value if isinstance(value, int) else 0
 
     async def apply(self, envelope: bytes, fetch: Fetcher) -> ApplyOutcome:
-        """Run every step; never raises for a bad assignment or bundle (the outcome says)."""
+        """Run every step; never raises for a bad assignment or bundle (the outcome says).
+        One at a time, across sessions too: an apply outlives the stream that brought it."""
+        async with self._lock:
+            return await self._apply(envelope, fetch)
+
+    async def _apply(self, envelope: bytes, fetch: Fetcher) -> ApplyOutcome:
         args = ["assignment", "--keys", str(self.settings.assignment_keys)]
         args += ["--host", self.config.host_id, "--last-seq", str(self.last_seq())]
         verdict = await asyncio.to_thread(self._verifier, args, envelope)
+        pointer = read_pointer(self.config.state_dir)
         if not verdict.get("ok"):
-            return self._refused(
-                int(verdict.get("seq") or 0),
-                str(verdict.get("digest") or ""),
-                str(verdict.get("reason") or VERIFIER_FAILED),
-                str(verdict.get("message") or ""),
-            )
+            seq, digest = int(verdict.get("seq") or 0), str(verdict.get("digest") or "")
+            reason = str(verdict.get("reason") or VERIFIER_FAILED)
+            if (
+                reason == STALE_SEQ
+                and seq == self.last_seq()
+                and pointer
+                and pointer.digest == digest
+            ):
+                # The very assignment this host applied last, sent again (its ApplyResult was
+                # lost with a stream): nothing changes, so say so rather than report a replay.
+                return ApplyOutcome(seq, digest, True, "", "already applied")
+            return self._refused(seq, digest, reason, str(verdict.get("message") or ""))
         assignment = Assignment(**verdict["assignment"])
         digest = assignment.bundle_digest
-        pointer = read_pointer(self.config.state_dir)
         if pointer is not None and pointer.digest == digest:
             self._accept(assignment)
             return ApplyOutcome(assignment.seq, digest, True, "", "bundle already active")
@@ -178,6 +190,8 @@ class Applier:
         return verdict
 
     def _accept(self, assignment: Assignment) -> None:
+        if assignment.seq <= self.last_seq():
+            return  # the mark never goes down
         self.journal.put_agent_state(
             {
                 SEQ_KEY: assignment.seq,

@@ -351,7 +351,10 @@ class FleetClient:
 
         while True:
             envelope = await assignments.get()
-            outcome = await self.applier.apply(envelope, fetch)
+            # Shielded: a stream that breaks mid-install must not abandon the bookkeeping (the
+            # install itself runs on in its thread); the result goes out on this stream if it
+            # still lives, and the next Hello carries the outcome either way.
+            outcome = await asyncio.shield(self.applier.apply(envelope, fetch))
             await session.outgoing.put(wire.apply_result(outcome))
 
 

@@ -279,6 +279,10 @@ def test_assignment_fetches_installs_and_a_replay_is_refused(fleet: Fleet) -> No
     assert BundleStore(fleet.state).active().digest == v1  # type: ignore[union-attr]
     assert journal.agent_state()["assignment_seq"] == 3
     assert fake.fetches == [v1, v2, v1], "the replay fetched nothing"
+    # The same (last) assignment sent again, say after its ApplyResult was lost: a no-op.
+    fake.send(fleet.assignment(v1, seq=3))
+    again = results(fake, 5)[4]
+    assert again.applied and again.message == "already applied"
 
     rejections = wait_for(
         lambda: [r for r in fake.reports() if r.kind == "rejection"], what="rejection report"
