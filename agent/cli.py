@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host-id", help="host identity (default: the hostname)")
     run.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     run.add_argument("--log-level", default="info")
+    run.add_argument(
+        "--log-format",
+        choices=("auto", "json", "text"),
+        default="auto",
+        help="auto (default): text on a terminal, JSON lines otherwise",
+    )
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate policy files; exit 1 on any error")
@@ -160,7 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         host_id=args.host_id,
         labels={**labels} or None,
     )
-    setup_logging(config.host_id, args.log_level)
+    setup_logging(config.host_id, args.log_level, args.log_format)
     agent = Agent(config)
     signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
     signal.signal(signal.SIGINT, lambda *_: agent.request_stop())

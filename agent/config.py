@@ -13,6 +13,7 @@ import yaml
 from agent.engine.guardrails import StormGuard
 from agent.errors import ConfigError
 from agent.fleet.config import ControlPlaneConfig, parse_control_plane
+from agent.instrumentation import MetricsConfig, parse_metrics
 from agent.policy.fields import ErrorSink, Fields
 from agent.policy.loader import parse_window
 from agent.policy.model import Window
@@ -42,6 +43,8 @@ class AgentConfig:
     housekeeping_interval: float = 600.0
     control_plane: ControlPlaneConfig | None = None
     """Where to report and take assignments from; None runs the agent alone (no grpc loaded)."""
+    metrics: MetricsConfig = MetricsConfig()
+    """``metrics:``: the Prometheus endpoint with /healthz and /readyz (off by default)."""
 
     @property
     def journal_path(self) -> Path:
@@ -97,6 +100,7 @@ def parse_config(raw: object, file: str = "<config>", **overrides: Any) -> Agent
     esc.done()
     sinks = parse_sinks(f.get("sinks", {}), f.at("sinks"), sink)
     control_plane = parse_control_plane(f)
+    metrics = parse_metrics(f.section("metrics"))
     f.done()
     if f.has("control_plane") and f.raw["control_plane"] is not None and source != "bundle":
         sink.add(
@@ -124,6 +128,7 @@ def parse_config(raw: object, file: str = "<config>", **overrides: Any) -> Agent
         "policy_source": source,
         "maintenance": tuple(windows),
         "control_plane": control_plane,
+        "metrics": metrics,
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     for key in ("policies_dir", "state_dir", "root"):

@@ -16,7 +16,7 @@ from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.journal import Journal, Report
 from agent.logs import log_event
-from agent.notify import Notifier, build_payload, build_sinks
+from agent.notify import Notifier, build_payload, build_sinks, resolve_payload
 from agent.policy.model import Policy
 
 DEFAULT_REPEAT = 3600.0
@@ -34,6 +34,26 @@ class Escalator:
 
     def stop(self) -> None:
         self.notifier.stop(timeout=5.0)
+
+    def resolve(
+        self, key: str, policy: Policy | None, message: str, execution_id: str = ""
+    ) -> bool:
+        """The problem behind ``key``'s escalations is fixed: tell the sinks that want to know
+        (PagerDuty resolves the incident for this host and policy, Slack posts a follow-up).
+        Call it before ``Journal.clear_escalations``; a no-op when nothing was escalated."""
+        if not self.journal.has_escalations(key):
+            return False
+        sinks = (policy.escalation.sinks if policy else ()) or self.config.default_sinks
+        payload = resolve_payload(
+            key,
+            self.config.host_id,
+            message,
+            policy.runbook if policy else "",
+            execution_id,
+            self.clock.now(),
+            self.config.labels,
+        )
+        return bool(self.notifier.enqueue_resolve(payload, sinks))
 
     def escalate(
         self,

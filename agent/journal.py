@@ -548,6 +548,10 @@ class Journal:
             )
             return True
 
+    def has_escalations(self, policy: str) -> bool:
+        """True while ``policy`` has an escalation not yet cleared (a page may be open)."""
+        return bool(self._query("SELECT 1 FROM escalations WHERE policy = ? LIMIT 1", (policy,)))
+
     def clear_escalations(self, policy: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM escalations WHERE policy = ?", (policy,))
@@ -594,6 +598,11 @@ class Journal:
                 "WHERE id = ?",
                 (status, next_at, error, status, at, notification_id),
             )
+
+    def notification_counts(self) -> dict[str, int]:
+        """Queued notifications by status (pending, delivered, failed), for metrics."""
+        rows = self._query("SELECT status, COUNT(*) FROM notifications GROUP BY status")
+        return {str(r[0]): int(r[1]) for r in rows}
 
     def notifications(self, limit: int = 50) -> list[sqlite3.Row]:
         return self._query("SELECT * FROM notifications ORDER BY id DESC LIMIT ?", (limit,))

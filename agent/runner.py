@@ -37,6 +37,13 @@ from agent.config import AgentConfig
 from agent.engine.decide import Approval, Decision, Facts, Outcome, decide
 from agent.engine.rules import Evaluation, RuleMemory, evaluate
 from agent.escalate import Escalator
+from agent.instrumentation import (
+    AgentSnapshot,
+    Instruments,
+    NoMetrics,
+    open_metrics,
+    snapshot_agent,
+)
 from agent.journal import Journal
 from agent.logs import log_event
 from agent.pauses import PauseFile
@@ -46,6 +53,7 @@ from agent.policy.model import Policy
 from agent.remediate import CommandRunner, SubprocessRunner
 from agent.remediation import Remediation, RemediationResult
 from agent.sampling import LiveCheck, build_check, sample, timed_out
+from agent.sdnotify import SystemdNotifier, Watchdog
 from agent.status import StatusWriter
 from agent.workers import WorkerPool
 
@@ -105,6 +113,9 @@ class Agent:
         self._source_stamp: int | None = None
         self.fleet: FleetClient | None = None
         self.outbox: Outbox | None = None
+        self.systemd = SystemdNotifier.from_environ()
+        self.watchdog = Watchdog.from_environ(self.systemd, clock=self.clock)
+        self.metrics: Instruments = NoMetrics()
         if config.control_plane is not None:
             from agent.fleet.outbox import Outbox
 
@@ -116,6 +127,8 @@ class Agent:
 
     def start(self) -> None:
         """Recover from a crash, load policies, start helpers. Called by ``run``."""
+        self.metrics = open_metrics(self.config.metrics, self._snapshot, self.watchdog)
+        self.escalator.notifier.observer = self.metrics.observe_notification
         now = self.clock.now()
         for row in self.journal.running_executions():
             # Report first, then mark: a crash in between repeats the report (the decision is
@@ -144,12 +157,27 @@ class Agent:
             )
             failpoints.hit("crash_after_recover_report")
             self.journal.mark_interrupted(row.id, now)
+            self.metrics.observe_remediation(row.policy, "interrupted", None)
         self._source_stamp = self._pointer_stamp()
         self.reload()
         self.escalator.start()
         self.status.agent_started(self.config, os.getpid())
         if self.outbox is not None:
             self._start_fleet(self.outbox)
+        self.systemd.ready(self._summary())
+
+    def _summary(self) -> str:
+        """One line for ``systemctl status``."""
+        firing = sum(1 for lp in self.policies.values() if lp.firing)
+        return (
+            f"{len(self.policies)} policies, {firing} firing, {len(self.load_errors)} load errors"
+        )
+
+    def _snapshot(self) -> AgentSnapshot:
+        """Live state for the metrics endpoint (runs on its thread; reads only)."""
+        fleet = self.fleet
+        channel = fleet.snapshot if fleet is not None else None
+        return snapshot_agent(self, channel, self.journal.notification_counts)
 
     def _start_fleet(self, outbox: Outbox) -> None:
         """Connect to the control plane in the background. Imported here rather than at the
@@ -181,11 +209,14 @@ class Agent:
             while not self._stop.is_set():
                 if self._reload.is_set():
                     self._reload.clear()
+                    self.systemd.reloading()
                     self.reload()
+                    self.systemd.ready(self._summary())
                 timeout = self._schedule()
                 self._drain_events(timeout)
                 self.status.tick(self)
                 self._housekeeping()
+                self.watchdog.beat()  # systemd watchdog and /healthz: the loop turned
         finally:
             self.shutdown(drain_timeout)
 
@@ -218,6 +249,7 @@ class Agent:
         """Stop sampling; let running remediations finish (bounded), then close everything.
         A remediation still running at the deadline stays ``running`` in the journal and is
         marked ``interrupted`` at the next start, never re-run."""
+        self.systemd.stopping()
         log_event("agent_stopping", running=[p for p, lp in self.policies.items() if lp.running])
         self._check_pool.close()
         deadline = self.clock.monotonic() + drain_timeout
@@ -232,6 +264,7 @@ class Agent:
         if self.fleet is not None:
             self.fleet.stop()  # unsent reports stay in the outbox for the next start
         self.status.agent_stopped()
+        self.metrics.close()
         log_event("agent_stopped")
 
     # ---- policies ----------------------------------------------------------------------------
@@ -399,6 +432,7 @@ class Agent:
     # ---- decisions ---------------------------------------------------------------------------
 
     def _on_result(self, lp: LivePolicy, result: CheckResult) -> None:
+        self.metrics.observe_check(lp.policy.name, result.check, result)
         lp.results[result.check] = result
         if len(lp.results) < len(lp.checks):
             return  # context must be known before deciding: wait for every check once
@@ -486,6 +520,7 @@ class Agent:
             ev.why,
             decision.until,
         )
+        self.metrics.observe_decision(name, decision.outcome.value, decision.reason)
         if decision.reason != (lp.last.reason if lp.last else None):
             log_event(
                 "decision",
@@ -540,6 +575,7 @@ class Agent:
             ev.why,
         )
         self.journal.forget_last_decision(name)
+        self.escalator.resolve(name, lp.policy, "condition no longer holds")
         self.journal.clear_escalations(name)
         lp.last = None
         log_event("condition_cleared", policy=name)
@@ -574,8 +610,11 @@ class Agent:
             correlation_id=result.execution_id,
             status=result.status,
         )
+        row = self.journal.execution(result.execution_id)
+        self.metrics.observe_remediation(name, result.status, now - row.started_at if row else None)
         if result.status == "fixed":
             self.journal.set_breaker(name, 0, None)
+            self.escalator.resolve(name, policy, result.summary, result.execution_id)
             self.journal.clear_escalations(name)
             return
         failures += 1
