@@ -23,11 +23,11 @@ import logging
 from dataclasses import replace
 
 from agent.clock import Clock
-from controlplane.assigner import Assigner
+from controlplane.assigner import Assigner, assignment_message
 from controlplane.ingest import Presence
+from controlplane.rollout_join import on_join, standing_bundle
 from controlplane.rollouts import (
     ABORTED,
-    ACTIVE,
     COMPLETED,
     ROLLED_BACK,
     UPDATED,
@@ -45,10 +45,23 @@ from controlplane.storage.base import (
     RolloutRecord,
 )
 from controlplane.storage.runner import StorageThread
-from controlplane.waves import assign_waves, parse_waves
 
 log = logging.getLogger("stanch.cp.rollouts")
 LEASE = "rollout-driver"
+RETRYABLE = frozenset(
+    {
+        "fetch_failed",
+        "digest_mismatch",
+        "verifier_failed",
+        "trust_error",
+        "install_error",
+        "storage_error",
+        "unreadable",
+    }
+)
+"""Apply failures after which the agent has not consumed the assignment's sequence (see
+``agent/fleet/apply.py``): the same assignment is sent again rather than failing the gate."""
+RETRY_AFTER = 5.0
 MAX_GATE_REPORTS = 100_000
 
 
@@ -75,6 +88,7 @@ class RolloutEngine:
         self.lock = asyncio.Lock()
         """Serialises steps, operator commands and joins: one writer of rollout state."""
         self._wake = asyncio.Event()
+        self._retries: dict[str, tuple[AssignmentRecord, float]] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -96,6 +110,7 @@ class RolloutEngine:
         if not await self.store.run(self.db.acquire_lease, LEASE, self.holder, lease_ttl, now):
             return
         async with self.lock:
+            await self._resend_due()
             for rollout in await self.store.run(self.db.rollouts, True):
                 await self._step(rollout)
 
@@ -162,24 +177,12 @@ class RolloutEngine:
             if not previous and agent is not None:
                 # A host with no bundle yet would otherwise have got the fleet's standing
                 # bundle: that is where a rollback should take it, not nowhere.
-                previous, version = await self._standing_bundle(done, agent)
+                previous, version = await standing_bundle(self, done, agent)
             track = RolloutHost(rollout.id, host, wave, previous, version, 0, now)
             requests.append(
                 AssignmentRequest(host, bundle.digest, bundle.version, rollout.id, track)
             )
         await self.assigner.issue(requests)
-
-    async def _standing_bundle(
-        self, completed: list[RolloutRecord], agent: AgentRecord
-    ) -> tuple[str, int]:
-        """The bundle of the newest completed rollout whose selector matches ``agent``."""
-        mine = [r for r in completed if matches(r.selector, agent.labels)]
-        if not mine:
-            return "", 0
-        bundle = await self.store.run(
-            self.db.bundle, max(mine, key=lambda r: r.created_at).bundle_digest
-        )
-        return (bundle.digest, bundle.version) if bundle else ("", 0)
 
     async def roll_back(self, rollout: RolloutRecord, hosts: list[RolloutHost]) -> None:
         """Point every updated host at the bundle it ran before, with a new higher sequence."""
@@ -237,6 +240,12 @@ class RolloutEngine:
         row = await self.store.run(self.db.rollout_host, record.rollout_id, record.host_id)
         if row is None or row.seq != record.seq or row.status != "assigned":
             return
+        if not applied and reason in RETRYABLE:
+            # The agent did not consume the assignment: send it again shortly. The apply timeout
+            # still bounds how long a host may stay unapplied before the gate counts it.
+            await self.store.run(self.db.put_rollout_hosts, [replace(row, reason=reason)])
+            self._retries[record.host_id] = (record, self.clock.now() + RETRY_AFTER)
+            return
         status = "applied" if applied else "failed"
         await self.store.run(
             self.db.put_rollout_hosts, [replace(row, status=status, reason=reason, applied_at=at)]
@@ -244,52 +253,17 @@ class RolloutEngine:
         if not applied:
             self.wake()  # a failed apply may halt the canary: evaluate now, not next tick
 
+    async def _resend_due(self) -> None:
+        now = self.clock.now()
+        for host, (record, due) in list(self._retries.items()):
+            if due > now:
+                continue
+            del self._retries[host]
+            current = await self.store.run(self.db.current_assignment, host)
+            conn = self.assigner.connections.get(host)
+            if conn is not None and current is not None and current.seq == record.seq:
+                conn.send(assignment_message(record))
+
     async def on_join(self, agent: AgentRecord) -> None:
-        """A host connected: give it the bundle its wave says, else the last completed
-        rollout's bundle for its labels (a host that joins late still converges)."""
-        async with self.lock:
-            mine = [
-                r
-                for r in await self.store.run(self.db.rollouts, False)
-                if matches(r.selector, agent.labels)
-            ]
-            active = next((r for r in mine if r.state in ACTIVE), None)
-            if active is not None:
-                if await self.store.run(self.db.rollout_host, active.id, agent.host_id):
-                    return  # already decided; its stored assignment went out with the Hello
-                if await self._reached(active, agent.host_id):
-                    self.wake()  # the next step assigns it, with the rollout's bookkeeping
-                    return
-            done = [r for r in mine if r.state == COMPLETED]
-            if done:
-                await self._standing(max(done, key=lambda r: r.created_at), agent)
-
-    async def _reached(self, rollout: RolloutRecord, host_id: str) -> bool:
-        agents = await self.agents()
-        matching = [h for h, a in agents.items() if matches(rollout.selector, a.labels)]
-        wave = assign_waves(rollout.id, parse_waves(rollout.waves), matching).get(host_id)
-        return wave is not None and wave <= rollout.wave
-
-    async def _standing(self, target: RolloutRecord, agent: AgentRecord) -> None:
-        if agent.bundle_digest == target.bundle_digest:
-            return
-        current = await self.store.run(self.db.current_assignment, agent.host_id)
-        if current is not None and current.seq > agent.last_assignment_seq:
-            return  # an assignment is already on its way (sent with the Hello reply)
-        if current is not None and current.bundle_digest == target.bundle_digest:
-            return  # assigned before and refused or not yet applied: do not loop
-        bundle = await self.store.run(self.db.bundle, target.bundle_digest)
-        if bundle is None or bundle.expires <= self.clock.now():
-            return
-        track = RolloutHost(
-            target.id,
-            agent.host_id,
-            len(target.waves) - 1,
-            agent.bundle_digest,
-            agent.bundle_version,
-            0,
-            self.clock.now(),
-        )
-        await self.assigner.issue(
-            [AssignmentRequest(agent.host_id, bundle.digest, bundle.version, target.id, track)]
-        )
+        """A host connected: see ``controlplane.rollout_join``."""
+        await on_join(self, agent)

@@ -67,7 +67,8 @@ def observe(
     for h in updated:
         if h.status == "assigned":
             if now - h.assigned_at >= timing.apply_timeout:
-                failed.append(f"{h.host_id} (not applied within {timing.apply_timeout:g}s)")
+                last = f"; last: {h.reason}" if h.reason else ""
+                failed.append(f"{h.host_id} (not applied within {timing.apply_timeout:g}s{last})")
             else:
                 pending += 1
     lost = []

@@ -163,3 +163,33 @@ def test_a_host_whose_previous_bundle_expired_is_left_and_reported(tmp_path: Pat
         assert host.status == "stranded" and "expired" in host.reason
 
     scenario(tmp_path, body)
+
+
+def test_a_transient_apply_failure_is_retried_not_counted(tmp_path: Path) -> None:
+    async def body(engine: RolloutEngine, clock: FakeClock) -> None:
+        rid = await begin(engine)
+        await engine.tick()
+        (canary,) = updated(engine)
+        conn = engine.assigner.connections.open(canary, {"env": "prod"})
+        first = engine.db.current_assignment(canary)
+        assert first is not None
+        record = engine.db.record_apply(canary, first.seq, D2, False, "fetch_failed", clock.now())
+        assert record is not None
+        await engine.on_apply(record, False, "fetch_failed", clock.now())
+        await engine.tick()
+        rollout = engine.db.rollout(rid)
+        assert rollout is not None and rollout.state == "running"
+        row = engine.db.rollout_host(rid, canary)
+        assert row is not None and (row.status, row.reason) == ("assigned", "fetch_failed")
+        assert conn.queue.empty()
+        clock.advance(5)
+        await engine.tick()
+        sent = conn.queue.get_nowait()
+        assert sent is not None and sent.assignment.envelope == first.envelope  # same seq
+        clock.advance(300)  # never applied: the apply timeout turns it into a failed apply
+        await engine.tick()
+        rollout = engine.db.rollout(rid)
+        assert rollout is not None and rollout.state == "rolled_back"
+        assert "not applied within 300s; last: fetch_failed" in rollout.reason
+
+    scenario(tmp_path, body)
