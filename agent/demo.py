@@ -189,7 +189,7 @@ def main() -> int:
     say(
         textwrap.dedent(f"""\
         done. Agent log (JSON lines): {work / "agent.log"}
-            Poke at the state yourself: {" ".join(cli[2:])} explain demo-service-down""")
+            Inspect: stanch-agent {" ".join(cli[3:])} explain demo-service-down""")
     )
     return 0
 
