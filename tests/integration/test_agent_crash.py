@@ -45,6 +45,10 @@ def test_kill9_mid_action_then_restart_never_reruns(
     recovered = harness.wait_decision("crash", "interrupted", "crash_recovery", timeout=20)
     assert recovered.execution_id == running.id
     assert "not re-run" in recovered.message
+    # Recovery reports first, then marks the row (so a crash in between never loses the report).
+    harness.wait_for(
+        lambda: harness.executions("crash")[0].status == "interrupted", 10, what="row marked"
+    )
     [execution] = harness.executions("crash")
     assert execution.id == running.id and execution.status == "interrupted"
     assert execution.finished_at is not None and "not re-run" in (execution.error or "")
@@ -79,6 +83,9 @@ def test_failpoint_after_intent_leaves_an_intent_that_becomes_interrupted(
     harness.spawn()
     recovered = harness.wait_decision("fp", "interrupted", "crash_recovery", timeout=20)
     assert recovered.execution_id == intent.id
+    harness.wait_for(
+        lambda: harness.executions("fp")[0].status == "interrupted", 10, what="row marked"
+    )
     [execution] = harness.executions("fp")
     assert execution.status == "interrupted"
     harness.wait_decision("fp", "suppressed", "budget", after=restarted)
