@@ -40,6 +40,9 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.http2.max_ping_strikes", 2),
     ("grpc.max_receive_message_length", MAX_MESSAGE),
     ("grpc.max_send_message_length", MAX_MESSAGE),
+    # grpc sets SO_REUSEPORT by default: a second control plane on the same port would silently
+    # share the agents with the first. One port, one process.
+    ("grpc.so_reuseport", 0),
 ]
 Handler = grpc.RpcMethodHandler
 Q = TypeVar("Q")
@@ -85,9 +88,12 @@ class Server:
         self.port = 0
 
     async def start(self) -> int:
-        self.port = self.grpc.add_insecure_port(self.listen)
+        try:
+            self.port = self.grpc.add_insecure_port(self.listen)
+        except RuntimeError:  # grpc reports a failed bind this way, without the errno
+            self.port = 0
         if not self.port:
-            raise OSError(f"cannot listen on {self.listen}")
+            raise OSError(f"cannot listen on {self.listen}: in use, or not a local address")
         await self.plane.start()
         await self.grpc.start()
         await self.health.serving(True)

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import (
     reflection_pb2_grpc,
 )
 
+from controlplane.server import Server
 from controlplane.storage.base import ReportQuery
 from stanch.v1 import admin_pb2, fleet_pb2, fleet_pb2_grpc
 
@@ -161,5 +162,14 @@ def test_admin_calls_need_the_token_when_one_is_set(tmp_path: Path) -> None:
             sim = await c.agent("web-1")  # the agent channel is not behind the operator token
             await until(lambda: c.plane.connections.get("web-1"), what="agent connected")
             assert sim.ended is None
+
+    run(scenario())
+
+
+def test_a_second_control_plane_cannot_share_the_port(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with cluster(tmp_path) as c:
+            with pytest.raises(OSError, match="cannot listen"):
+                await Server(c.plane, c.addr).start()  # no SO_REUSEPORT sharing of agents
 
     run(scenario())
