@@ -1,0 +1,295 @@
+"""The full loop on one machine: ``python -m controlplane.fleet_demo`` (for ``make demo``).
+
+1. start the control plane on SQLite (a real ``stanch-cp`` process);
+2. start several agents as separate processes, each with its own state dir and labels;
+3. generate an operator key, build and sign a bundle with ``opsctl``, publish it;
+4. roll it out in waves and watch them (``opsctl rollout policy --watch``);
+5. inject a fault on one host (its heartbeat file goes stale): the agent fixes it, and the
+   remediation shows up centrally in ``opsctl reports list``, ``explain`` and ``pareto``;
+6. roll out a deliberately bad bundle (its remediation fails everywhere): it is halted at the
+   canary by the failure-rate gate and the canary is rolled back, automatically.
+
+Every step is an operator command an SRE would type; nothing is faked. Work files go to
+``$STANCH_DEMO_DIR`` (default ``demo-state/fleet``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+
+T = TypeVar("T")
+HOSTS = [("web-1", "web"), ("web-2", "web"), ("web-3", "web"), ("db-1", "db")]
+POLICY = """\
+apiVersion: stanch.dev/v1
+kind: Policy
+metadata:
+  name: app-heartbeat
+  description: the app stopped touching its heartbeat file
+spec:
+  manual_minutes: 20
+  checks:
+    beat: {{type: file, path: /var/run/app.heartbeat, interval: 1s}}
+  rule:
+    when: {{check: beat, metric: age_seconds, op: ">", value: 30}}
+  remediation:
+    steps:
+      - name: restart-app
+        shell: true
+        run: '{script}'
+  verify: {{settle: 0.2s, timeout: 2s, interval: 0.2s}}
+  guardrails: {{cooldown: 1s}}
+"""
+FIX = 'touch "$HOME/var/run/app.heartbeat"'
+"""Each demo host is a directory: the agent runs with ``--root`` (checks see it as ``/``) and
+``HOME`` set to it, so one bundle serves every host, as it would in a fleet."""
+BREAK = "echo restarting the wrong thing >&2; exit 1"
+
+
+class Demo:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.addr = ""
+
+    def say(self, text: str) -> None:
+        print(f"\n==> {text}", flush=True)
+
+    def opsctl(
+        self, *args: str, show: bool = True, must: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """Run an opsctl command; with ``must``, stop the demo when it fails."""
+        if show:
+            print(f"$ opsctl {' '.join(args)}", flush=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "controlplane.opsctl", *args],
+            env={**self.env, "STANCH_ADDR": self.addr},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if show:
+            sys.stdout.write(done.stdout)
+            sys.stdout.write(done.stderr)
+        if must and done.returncode != 0:
+            raise SystemExit(f"demo: 'opsctl {' '.join(args)}' failed: {done.stderr.strip()}")
+        return done
+
+    def start_control_plane(self) -> None:
+        self.opsctl("keys", "generate", str(self.work / "cp" / "assign"), show=False, must=True)
+        self.opsctl("keys", "generate", str(self.work / "keys" / "release-1"), must=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "controlplane.server",
+                "--insecure",
+                "--db",
+                str(self.work / "cp.db"),
+                "--listen",
+                "127.0.0.1:0",
+                "--assignment-key",
+                str(self.work / "cp" / "assign.key"),
+                "--trust",
+                str(self.work / "keys"),
+                "--tick",
+                "200ms",
+                "--presence-interval",
+                "1s",
+                "--log-format",
+                "json",
+            ],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=(self.work / "cp.log").open("wb"),
+        )
+        self.procs.append(proc)
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        if "listening on" not in line:
+            raise SystemExit(f"demo: the control plane did not start; see {self.work}/cp.log")
+        self.addr = line.split()[-1]
+        print(line.strip())
+
+    def start_agents(self) -> None:
+        (self.work / "assignment-keys").mkdir()
+        shutil.copy(self.work / "cp" / "assign.pub", self.work / "assignment-keys")
+        for host, role in HOSTS:
+            home = self.work / host
+            (home / "var" / "run").mkdir(parents=True)
+            (home / "var" / "run" / "app.heartbeat").touch()
+            config = {
+                "host": {"id": host, "labels": {"env": "demo", "role": role}},
+                "policy_source": "bundle",
+                "state_dir": str(home / "state"),
+                "control_plane": {
+                    "address": self.addr,
+                    "insecure": True,
+                    "assignment_keys": str(self.work / "assignment-keys"),
+                    "trust": str(self.work / "keys"),
+                    "heartbeat": "1s",
+                    "reconnect": {"initial": "200ms", "max": "2s"},
+                },
+            }
+            (home / "agent.yaml").write_text(yaml.safe_dump(config))
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "agent.cli",
+                        "--config",
+                        str(home / "agent.yaml"),
+                        "run",
+                        "--root",
+                        str(home),
+                        "--log-level",
+                        "warning",
+                    ],
+                    env={**self.env, "HOME": str(home)},
+                    stdout=subprocess.DEVNULL,
+                    stderr=(home / "agent.log").open("wb"),
+                )
+            )
+        wait_for("every agent to connect", lambda: self._connected() == len(HOSTS), 30)
+        self.opsctl("agents", "list")
+
+    def _connected(self) -> int:
+        out = self.opsctl("agents", "list", "-o", "yaml", show=False).stdout
+        return sum(1 for a in yaml.safe_load(out) or [] if a.get("connected"))
+
+    def bundle(self, version: int, script: str) -> str:
+        source = self.work / f"policies-v{version}"
+        source.mkdir()
+        (source / "app-heartbeat.yaml").write_text(POLICY.format(script=script))
+        out = self.work / "bundles"
+        build = ["bundle", "build", str(source), "-o", str(out), "--name", "demo"]
+        self.opsctl(*build, "--version", str(version), "--expires", "7d", must=True)
+        built = sorted(out.glob("*.bundle"), key=lambda p: p.stat().st_mtime)[-1]
+        key = str(self.work / "keys" / "release-1")
+        signed = self.opsctl("bundle", "sign", str(built), "--key", key, must=True)
+        return signed.stdout.split()[1]
+
+    def watch(self, bundle: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "controlplane.opsctl",
+                "rollout",
+                "policy",
+                bundle,
+                "-l",
+                "env=demo",
+                "--waves",
+                "1,50%,100%",
+                "--bake",
+                "60s",
+                "--watch",
+            ],
+            env={**self.env, "STANCH_ADDR": self.addr},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def running(self, digest: str) -> str:
+        """The host that runs bundle ``digest`` (the canary), or ""."""
+        out = self.opsctl("agents", "list", "-o", "yaml", show=False).stdout
+        hosts = [a["host_id"] for a in yaml.safe_load(out) or [] if a["bundle_digest"] == digest]
+        return hosts[0] if hosts else ""
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def wait_for(what: str, predicate: Callable[[], T], timeout: float) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise SystemExit(f"demo: timed out after {timeout:g}s waiting for {what}")
+
+
+def main() -> int:
+    work = Path(os.environ.get("STANCH_DEMO_DIR", "demo-state/fleet")).absolute()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    demo = Demo(work)
+    try:
+        demo.say("1. the control plane, on SQLite, and an operator signing key")
+        demo.start_control_plane()
+        demo.say(f"2. {len(HOSTS)} agents, each its own process, state dir and labels")
+        demo.start_agents()
+        demo.say("3. build, sign and publish a bundle (the fix: touch the heartbeat)")
+        good = demo.bundle(1, FIX)
+        demo.opsctl("bundle", "publish", good, must=True)
+        demo.say("4. roll it out in waves: 1 canary, then 50%, then everyone")
+        demo.opsctl(
+            "rollout",
+            "policy",
+            good,
+            "-l",
+            "env=demo",
+            "--waves",
+            "1,50%,100%",
+            "--bake",
+            "3s",
+            "--watch",
+        )
+        host = HOSTS[0][0]
+        demo.say(f"5. inject a fault: {host}'s heartbeat goes stale; its agent fixes it")
+        stale = time.time() - 120
+        os.utime(work / host / "var" / "run" / "app.heartbeat", (stale, stale))
+        wait_for(
+            "a fix reported centrally",
+            lambda: (
+                "fixed" in demo.opsctl("reports", "list", "--kind", "execution", show=False).stdout
+            ),
+            30,
+        )
+        demo.opsctl("reports", "list", "--kind", "execution")
+        demo.opsctl("explain", host, "app-heartbeat")
+        demo.opsctl("reports", "pareto", "--since", "1h")
+        demo.say("6. a bad bundle whose fix fails: the canary hits a fault, the gate halts it")
+        bad = demo.bundle(2, BREAK)
+        digest = Path(bad).name.removesuffix(".bundle")
+        demo.opsctl("bundle", "publish", bad, must=True)
+        print(f"$ opsctl rollout policy {bad} -l env=demo --waves 1,50%,100% --bake 60s --watch")
+        watch = demo.watch(bad)
+        canary = wait_for("the canary to run the bad bundle", lambda: demo.running(digest), 30)
+        print(f"(canary {canary} runs it; its heartbeat goes stale)")
+        os.utime(work / canary / "var" / "run" / "app.heartbeat", (stale, stale))
+        out, _ = watch.communicate(timeout=90)
+        sys.stdout.write(out)
+        print(f"(rollout status --watch exited {watch.returncode}: non-zero means halted)")
+        demo.opsctl("rollout", "status")
+        demo.opsctl("agents", "list")
+        demo.opsctl("escalations", "list")
+        return 0 if watch.returncode == 1 else 1
+    finally:
+        demo.stop()
+        print(f"\nwork files, logs and the SQLite database: {work}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
