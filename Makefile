@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck unit test-slow bench clean proto
+.PHONY: venv demo demo-agent demo-fleet test lint typecheck unit test-slow bench clean proto
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The agent alone (kill a service, watch the fix), then the fleet loop (control plane, four
+# agents, a rollout in waves, a fault fixed and reported, a bad bundle halted and rolled back).
 demo: $(STAMP)
 	$(BIN)/python -m agent.demo
+	$(BIN)/python -m controlplane.fleet_demo
+
+demo-agent: $(STAMP)
+	$(BIN)/python -m agent.demo
+
+demo-fleet: $(STAMP)
+	$(BIN)/python -m controlplane.fleet_demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check agent controlplane tests bench

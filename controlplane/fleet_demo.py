@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,8 @@ class Demo:
         self.env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.addr = ""
+        self.faulty: set[str] = set()
+        self.stopped = threading.Event()
 
     def say(self, text: str) -> None:
         print(f"\n==> {text}", flush=True)
@@ -163,6 +166,22 @@ class Demo:
             )
         wait_for("every agent to connect", lambda: self._connected() == len(HOSTS), 30)
         self.opsctl("agents", "list")
+        threading.Thread(target=self._apps, daemon=True).start()
+
+    def _apps(self) -> None:
+        """Stand-in for the app on each host: touch its heartbeat every few seconds, except on
+        hosts where the demo injected a fault (their agent's fix must do it)."""
+        while not self.stopped.is_set():
+            for host, _role in HOSTS:
+                if host not in self.faulty:
+                    (self.work / host / "var" / "run" / "app.heartbeat").touch()
+            self.stopped.wait(5)
+
+    def break_app(self, host: str) -> None:
+        """The fault: the app on ``host`` stops touching its heartbeat, which is now stale."""
+        self.faulty.add(host)
+        stale = time.time() - 120
+        os.utime(self.work / host / "var" / "run" / "app.heartbeat", (stale, stale))
 
     def _connected(self) -> int:
         out = self.opsctl("agents", "list", "-o", "yaml", show=False).stdout
@@ -210,6 +229,7 @@ class Demo:
         return hosts[0] if hosts else ""
 
     def stop(self) -> None:
+        self.stopped.set()
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -258,8 +278,7 @@ def main() -> int:
         )
         host = HOSTS[0][0]
         demo.say(f"5. inject a fault: {host}'s heartbeat goes stale; its agent fixes it")
-        stale = time.time() - 120
-        os.utime(work / host / "var" / "run" / "app.heartbeat", (stale, stale))
+        demo.break_app(host)
         wait_for(
             "a fix reported centrally",
             lambda: (
@@ -269,6 +288,7 @@ def main() -> int:
         )
         demo.opsctl("reports", "list", "--kind", "execution")
         demo.opsctl("explain", host, "app-heartbeat")
+        demo.faulty.discard(host)  # the app is healthy again
         demo.opsctl("reports", "pareto", "--since", "1h")
         demo.say("6. a bad bundle whose fix fails: the canary hits a fault, the gate halts it")
         bad = demo.bundle(2, BREAK)
@@ -278,7 +298,7 @@ def main() -> int:
         watch = demo.watch(bad)
         canary = wait_for("the canary to run the bad bundle", lambda: demo.running(digest), 30)
         print(f"(canary {canary} runs it; its heartbeat goes stale)")
-        os.utime(work / canary / "var" / "run" / "app.heartbeat", (stale, stale))
+        demo.break_app(canary)
         out, _ = watch.communicate(timeout=90)
         sys.stdout.write(out)
         print(f"(rollout status --watch exited {watch.returncode}: non-zero means halted)")
