@@ -130,7 +130,13 @@ def plan(
     waves = assign_waves(rollout.id, specs, matching)
     done = {h.host_id for h in hosts}
     wave = rollout.wave
-    if now >= rollout.wave_started_at + rollout.bake_seconds and obs.pending == 0:
+    # A wave is over only when every member was assigned, has applied (``pending``) and baked.
+    # Members not assigned yet (the first step of a rollout, or a restart between storing a new
+    # wave and assigning it) are assigned by this step first: moving on now would merge them into
+    # the next wave, or complete a rollout that never reached them.
+    unassigned = any(w <= wave and h not in done for h, w in waves.items())
+    baked = now >= rollout.wave_started_at + rollout.bake_seconds
+    if baked and obs.pending == 0 and not unassigned:
         following = _next_wave(specs, len(waves), wave)
         if following is None:
             return Step(replace(record, state=COMPLETED, reason=""), (), False, results)

@@ -60,6 +60,21 @@ def test_after_the_bake_the_next_wave_is_assigned_cumulatively() -> None:
     assert all(w == 1 for _, w in step.assign)
 
 
+def test_a_wave_is_not_over_before_its_members_were_assigned() -> None:
+    # bake 0 (or a first step later than the bake): the canary is assigned, not skipped
+    step = plan(rollout(bake_seconds=0.0), HOSTS, [], Observations(), T0 + 1)
+    assert step.rollout.wave == 0 and {h for h, _ in step.assign} == members(0)
+    single = plan(rollout(waves=("100%",), bake_seconds=0.0), HOSTS, [], Observations(), T0 + 1)
+    assert single.rollout.state == "running" and len(single.assign) == len(HOSTS)
+    # a restart after "wave 3 started" was stored but before its hosts were assigned, with the
+    # bake long over: the last wave's hosts are assigned, the rollout does not complete
+    stored = rollout(wave=2, wave_started_at=T0)
+    done = [host(h, 0 if h in members(0) else 1) for h in members(1)]
+    late = plan(stored, HOSTS, done, Observations(updated=len(done)), T0 + 600)
+    assert late.rollout.state == "running" and late.rollout.wave == 2
+    assert {h for h, _ in late.assign} == set(HOSTS) - members(1)
+
+
 def test_pending_applies_hold_the_wave() -> None:
     done = [host(h, status="assigned") for h in members(0)]
     step = plan(rollout(), HOSTS, done, Observations(updated=1, pending=1), T0 + 600)
