@@ -11,18 +11,22 @@
 
 Every step is an operator command an SRE would type; nothing is faked. Work files go to
 ``$STANCH_DEMO_DIR`` (default ``demo-state/fleet``).
+
+:class:`Demo` is also the harness of the end-to-end tests (``tests/e2e/fleet_harness.py``), which
+run the same processes with more hosts, kill the control plane and restart it on its address.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -57,10 +61,18 @@ BREAK = "echo restarting the wrong thing >&2; exit 1"
 
 
 class Demo:
-    def __init__(self, work: Path) -> None:
+    Failure: type[BaseException] = SystemExit
+    """Raised when a wait runs out or a ``must`` command fails (tests raise AssertionError)."""
+    cp_flags: tuple[str, ...] = ("--tick", "200ms", "--presence-interval", "1s")
+    agent_log_level = "warning"
+
+    def __init__(self, work: Path, hosts: Sequence[tuple[str, str]] = HOSTS) -> None:
         self.work = work
+        self.hosts = list(hosts)
         self.env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.cp: subprocess.Popen[bytes] | None = None
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.addr = ""
         self.faulty: set[str] = set()
         self.stopped = threading.Event()
@@ -69,7 +81,7 @@ class Demo:
         print(f"\n==> {text}", flush=True)
 
     def opsctl(
-        self, *args: str, show: bool = True, must: bool = False
+        self, *args: str, show: bool = True, must: bool = False, timeout: float = 60
     ) -> subprocess.CompletedProcess[str]:
         """Run an opsctl command; with ``must``, stop the demo when it fails."""
         if show:
@@ -80,17 +92,23 @@ class Demo:
             capture_output=True,
             text=True,
             check=False,
+            timeout=timeout,
         )
         if show:
             sys.stdout.write(done.stdout)
             sys.stdout.write(done.stderr)
         if must and done.returncode != 0:
-            raise SystemExit(f"demo: 'opsctl {' '.join(args)}' failed: {done.stderr.strip()}")
+            raise self.Failure(f"demo: 'opsctl {' '.join(args)}' failed: {done.stderr.strip()}")
         return done
 
     def start_control_plane(self) -> None:
         self.opsctl("keys", "generate", str(self.work / "cp" / "assign"), show=False, must=True)
         self.opsctl("keys", "generate", str(self.work / "keys" / "release-1"), must=True)
+        print(self.spawn_control_plane())
+
+    def spawn_control_plane(self, listen: str = "127.0.0.1:0") -> str:
+        """Start ``stanch-cp`` on ``cp.db`` (again, after a kill: same file, same ``listen``);
+        returns its "listening on" line and sets ``addr``."""
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -100,79 +118,88 @@ class Demo:
                 "--db",
                 str(self.work / "cp.db"),
                 "--listen",
-                "127.0.0.1:0",
+                listen,
                 "--assignment-key",
                 str(self.work / "cp" / "assign.key"),
                 "--trust",
                 str(self.work / "keys"),
-                "--tick",
-                "200ms",
-                "--presence-interval",
-                "1s",
+                *self.cp_flags,
                 "--log-format",
                 "json",
             ],
             env=self.env,
             stdout=subprocess.PIPE,
-            stderr=(self.work / "cp.log").open("wb"),
+            stderr=(self.work / "cp.log").open("ab"),
         )
         self.procs.append(proc)
+        self.cp = proc
         assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        line = proc.stdout.readline().decode() if ready else ""
         if "listening on" not in line:
-            raise SystemExit(f"demo: the control plane did not start; see {self.work}/cp.log")
+            proc.kill()
+            raise self.Failure(f"demo: the control plane did not start; see {self.work}/cp.log")
         self.addr = line.split()[-1]
-        print(line.strip())
+        return line.strip()
 
     def start_agents(self) -> None:
         (self.work / "assignment-keys").mkdir()
         shutil.copy(self.work / "cp" / "assign.pub", self.work / "assignment-keys")
-        for host, role in HOSTS:
-            home = self.work / host
-            (home / "var" / "run").mkdir(parents=True)
-            (home / "var" / "run" / "app.heartbeat").touch()
-            config = {
-                "host": {"id": host, "labels": {"env": "demo", "role": role}},
-                "policy_source": "bundle",
-                "state_dir": str(home / "state"),
-                "control_plane": {
-                    "address": self.addr,
-                    "insecure": True,
-                    "assignment_keys": str(self.work / "assignment-keys"),
-                    "trust": str(self.work / "keys"),
-                    "heartbeat": "1s",
-                    "reconnect": {"initial": "200ms", "max": "2s"},
-                },
-            }
-            (home / "agent.yaml").write_text(yaml.safe_dump(config))
-            self.procs.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "agent.cli",
-                        "--config",
-                        str(home / "agent.yaml"),
-                        "run",
-                        "--root",
-                        str(home),
-                        "--log-level",
-                        "warning",
-                    ],
-                    env={**self.env, "HOME": str(home)},
-                    stdout=subprocess.DEVNULL,
-                    stderr=(home / "agent.log").open("wb"),
-                )
-            )
-        wait_for("every agent to connect", lambda: self._connected() == len(HOSTS), 30)
+        for host, role in self.hosts:
+            self.spawn_agent(host, role)
+        wait_for(
+            "every agent to connect",
+            lambda: self._connected() == len(self.hosts),
+            30 + len(self.hosts),
+            self.Failure,
+        )
         self.opsctl("agents", "list")
         threading.Thread(target=self._apps, daemon=True).start()
+
+    def spawn_agent(self, host: str, role: str) -> None:
+        """One host: its directory (the agent's ``--root`` and ``HOME``), config and process."""
+        home = self.work / host
+        (home / "var" / "run").mkdir(parents=True, exist_ok=True)
+        (home / "var" / "run" / "app.heartbeat").touch()
+        config = {
+            "host": {"id": host, "labels": {"env": "demo", "role": role}},
+            "policy_source": "bundle",
+            "state_dir": str(home / "state"),
+            "control_plane": {
+                "address": self.addr,
+                "insecure": True,
+                "assignment_keys": str(self.work / "assignment-keys"),
+                "trust": str(self.work / "keys"),
+                "heartbeat": "1s",
+                "reconnect": {"initial": "200ms", "max": "2s"},
+            },
+        }
+        (home / "agent.yaml").write_text(yaml.safe_dump(config))
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agent.cli",
+                "--config",
+                str(home / "agent.yaml"),
+                "run",
+                "--root",
+                str(home),
+                "--log-level",
+                self.agent_log_level,
+            ],
+            env={**self.env, "HOME": str(home)},
+            stdout=subprocess.DEVNULL,
+            stderr=(home / "agent.log").open("ab"),
+        )
+        self.procs.append(proc)
+        self.agents[host] = proc
 
     def _apps(self) -> None:
         """Stand-in for the app on each host: touch its heartbeat every few seconds, except on
         hosts where the demo injected a fault (their agent's fix must do it)."""
         while not self.stopped.is_set():
-            for host, _role in HOSTS:
+            for host, _role in self.hosts:
                 if host not in self.faulty:
                     (self.work / host / "var" / "run" / "app.heartbeat").touch()
             self.stopped.wait(5)
@@ -193,10 +220,9 @@ class Demo:
         (source / "app-heartbeat.yaml").write_text(POLICY.format(script=script))
         out = self.work / "bundles"
         build = ["bundle", "build", str(source), "-o", str(out), "--name", "demo"]
-        self.opsctl(*build, "--version", str(version), "--expires", "7d", must=True)
-        built = sorted(out.glob("*.bundle"), key=lambda p: p.stat().st_mtime)[-1]
+        built = self.opsctl(*build, "--version", str(version), "--expires", "7d", must=True)
         key = str(self.work / "keys" / "release-1")
-        signed = self.opsctl("bundle", "sign", str(built), "--key", key, must=True)
+        signed = self.opsctl("bundle", "sign", built.stdout.split()[1], "--key", key, must=True)
         return signed.stdout.split()[1]
 
     def watch(self, bundle: str) -> subprocess.Popen[str]:
@@ -240,14 +266,20 @@ class Demo:
                 proc.kill()
 
 
-def wait_for(what: str, predicate: Callable[[], T], timeout: float) -> T:
+def wait_for(
+    what: str,
+    predicate: Callable[[], T],
+    timeout: float,
+    error: type[BaseException] = SystemExit,
+) -> T:
+    """Poll ``predicate`` until it returns something true (returned); bounded by ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.2)
-    raise SystemExit(f"demo: timed out after {timeout:g}s waiting for {what}")
+    raise error(f"demo: timed out after {timeout:g}s waiting for {what}")
 
 
 def main() -> int:
