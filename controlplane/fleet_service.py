@@ -60,6 +60,17 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             current = await plane.store.run(plane.db.current_assignment, hello.host_id)
             if current is not None and current.seq > hello.last_assignment_seq:
                 conn.send(assignment_message(current))
+            elif (
+                current is not None
+                and current.status == "pending"
+                and current.seq == hello.last_assignment_seq
+                and current.bundle_digest == hello.bundle_digest
+            ):
+                # Applied, but the ApplyResult was lost with the last stream (either side died
+                # in between): the Hello says so, and nothing would ever send it again.
+                await self._record(
+                    hello.host_id, current.seq, current.bundle_digest, True, "", "(from Hello)"
+                )
             for message in await plane.killswitch.for_host(agent.labels):
                 conn.send(message)
             await plane.engine.on_join(agent)
@@ -124,34 +135,38 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             log.warning("agent %s sent a second Hello; ignored", conn.host_id)
 
     async def _applied(self, result: fleet_pb2.ApplyResult, conn: Connection) -> None:
-        plane = self.plane
-        now = plane.clock.now()
-        record = await plane.store.run(
-            plane.db.record_apply,
+        await self._record(
             conn.host_id,
             result.assignment_seq,
             result.bundle_digest,
             result.applied,
             result.reason,
-            now,
+            result.message,
+        )
+
+    async def _record(
+        self, host_id: str, seq: int, digest: str, applied: bool, reason: str, message: str
+    ) -> None:
+        plane = self.plane
+        now = plane.clock.now()
+        record = await plane.store.run(
+            plane.db.record_apply, host_id, seq, digest, applied, reason, now
         )
         if record is None:
-            log.warning(
-                "agent %s: result for unknown assignment %d", conn.host_id, result.assignment_seq
-            )
+            log.warning("agent %s: result for unknown assignment %d", host_id, seq)
             return
-        level = logging.INFO if result.applied else logging.WARNING
+        level = logging.INFO if applied else logging.WARNING
         log.log(
             level,
             "agent %s %s assignment %d (%s): %s %s",
-            conn.host_id,
-            "applied" if result.applied else "rejected",
-            result.assignment_seq,
+            host_id,
+            "applied" if applied else "rejected",
+            seq,
             record.bundle_digest[:12],
-            result.reason,
-            result.message,
+            reason,
+            message,
         )
-        await plane.engine.on_apply(record, result.applied, result.reason or result.message, now)
+        await plane.engine.on_apply(record, applied, reason or message, now)
 
     async def FetchBundle(  # noqa: N802 (the gRPC method name)
         self,
