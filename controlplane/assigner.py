@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from agent.clock import Clock
 from controlplane.connections import Connections
+from controlplane.instrumentation import Instruments, NoMetrics
 from controlplane.storage.base import AssignmentRecord, AssignmentRequest, Signer
 from controlplane.storage.runner import StorageThread
 from stanch.v1 import fleet_pb2
@@ -23,19 +24,29 @@ def assignment_message(record: AssignmentRecord) -> fleet_pb2.ControlMessage:
 
 class Assigner:
     def __init__(
-        self, store: StorageThread, connections: Connections, signer: Signer, clock: Clock
+        self,
+        store: StorageThread,
+        connections: Connections,
+        signer: Signer,
+        clock: Clock,
+        metrics: Instruments | None = None,
     ) -> None:
         self.store = store
         self.connections = connections
         self.signer = signer
         self.clock = clock
+        self.metrics = metrics or NoMetrics()
 
-    async def issue(self, requests: Sequence[AssignmentRequest]) -> list[AssignmentRecord]:
+    async def issue(
+        self, requests: Sequence[AssignmentRequest], kind: str = "rollout"
+    ) -> list[AssignmentRecord]:
+        """``kind`` (rollout, rollback, join) only labels the metric."""
         if not requests:
             return []
         records = await self.store.run(
             self.store.storage.issue_assignments, requests, self.clock.now(), self.signer
         )
+        self.metrics.assignments_issued(kind, len(records))
         for record in records:
             conn = self.connections.get(record.host_id)
             if conn is not None:

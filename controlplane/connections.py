@@ -25,6 +25,7 @@ class Connection:
     host_id: str
     labels: Mapping[str, str]
     peer: str = ""
+    agent_version: str = ""
     queue: asyncio.Queue[fleet_pb2.ControlMessage | None] = field(
         default_factory=lambda: asyncio.Queue(MAX_QUEUED)
     )
@@ -54,11 +55,13 @@ class Connections:
     def __init__(self) -> None:
         self._by_host: dict[str, Connection] = {}
 
-    def open(self, host_id: str, labels: Mapping[str, str], peer: str = "") -> Connection:
+    def open(
+        self, host_id: str, labels: Mapping[str, str], peer: str = "", agent_version: str = ""
+    ) -> Connection:
         old = self._by_host.get(host_id)
         if old is not None:
             old.close()
-        conn = Connection(host_id, dict(labels), peer)
+        conn = Connection(host_id, dict(labels), peer, agent_version)
         self._by_host[host_id] = conn
         return conn
 
@@ -75,6 +78,9 @@ class Connections:
 
     def matching(self, selector: Mapping[str, str]) -> list[Connection]:
         return [c for c in self._by_host.values() if matches(selector, c.labels)]
+
+    def all(self) -> list[Connection]:
+        return list(self._by_host.values())
 
     def hosts(self) -> list[str]:
         return sorted(self._by_host)

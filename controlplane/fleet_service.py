@@ -42,7 +42,9 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         hello = await self._hello(request_iterator, context)
         plane = self.plane
         now = plane.clock.now()
-        conn = plane.connections.open(hello.host_id, dict(hello.labels), context.peer())
+        conn = plane.connections.open(
+            hello.host_id, dict(hello.labels), context.peer(), hello.agent_version
+        )
         agent = AgentRecord(
             host_id=hello.host_id,
             labels=dict(hello.labels),

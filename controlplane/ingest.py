@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from controlplane.instrumentation import Instruments, NoMetrics
 from controlplane.storage.base import Report
 from controlplane.storage.runner import StorageThread
 
@@ -31,8 +33,10 @@ class ReportIngestor:
         store: StorageThread,
         on_commit: Callable[[Sequence[Report]], None] | None = None,
         max_rows: int = MAX_GROUP_ROWS,
+        metrics: Instruments | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or NoMetrics()
         self.on_commit = on_commit
         self.max_rows = max_rows
         self._pending: list[tuple[Sequence[Report], asyncio.Future[int]]] = []
@@ -40,11 +44,19 @@ class ReportIngestor:
         self.commits = 0
         self.rows = 0
         self.duplicates = 0
+        self.inflight = 0
+        """Rows in the commit running now."""
+
+    @property
+    def pending_rows(self) -> int:
+        """Reports handed over and not yet durable: queued, or in the running commit."""
+        return self.inflight + sum(len(reports) for reports, _ in self._pending)
 
     async def submit(self, reports: Sequence[Report]) -> int:
         """Return once ``reports`` are durable: how many were new (the rest were redeliveries)."""
         if not reports:
             return 0
+        self.metrics.reports_received(len(reports))
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._pending.append((reports, future))
         self._wake.set()
@@ -69,14 +81,19 @@ class ReportIngestor:
 
     async def _commit(self, group: list[tuple[Sequence[Report], asyncio.Future[int]]]) -> None:
         flat = [r for reports, _ in group for r in reports]
+        started, self.inflight = time.monotonic(), len(flat)
         try:
             new = await self.store.run(self.store.storage.insert_reports, flat)
         except Exception as exc:  # every waiter learns; nothing is acked
+            self.metrics.reports_committed(len(flat), None, time.monotonic() - started)
             log.error("report commit failed (%d rows, not acked): %s", len(flat), exc)
             for _, future in group:
                 if not future.done():
                     future.set_exception(exc)
             return
+        finally:
+            self.inflight = 0
+        self.metrics.reports_committed(len(flat), new, time.monotonic() - started)
         self.commits += 1
         self.rows += len(flat)
         self.duplicates += len(flat) - new
@@ -88,9 +105,12 @@ class ReportIngestor:
 
 
 class Presence:
-    def __init__(self, store: StorageThread, interval: float = 5.0) -> None:
+    def __init__(
+        self, store: StorageThread, interval: float = 5.0, metrics: Instruments | None = None
+    ) -> None:
         self.store = store
         self.interval = interval
+        self.metrics = metrics or NoMetrics()
         self._seen: dict[str, tuple[float, Mapping[str, Any]]] = {}
         self.live: dict[str, float] = {}
         """Latest heartbeat per host, including ones not flushed yet (rollout gates read it)."""
@@ -107,7 +127,9 @@ class Presence:
             await self.store.run(self.store.storage.touch_agents, batch)
         except Exception:
             self._seen = {**batch, **self._seen}  # newer beats win; retried next flush
+            self.metrics.presence_flushed(len(batch), False)
             raise
+        self.metrics.presence_flushed(len(batch), True)
 
     async def run(self) -> None:
         while True:

@@ -20,6 +20,7 @@ from agent.clock import Clock
 from controlplane.assigner import Assigner
 from controlplane.connections import Connections
 from controlplane.ingest import Presence, ReportIngestor
+from controlplane.instrumentation import Instruments, NoMetrics
 from controlplane.killswitch import KillSwitch
 from controlplane.rollout_engine import RolloutEngine
 from controlplane.rollouts import Timing
@@ -55,17 +56,19 @@ class ControlPlane:
         signer: Signer,
         clock: Clock,
         settings: Settings | None = None,
+        metrics: Instruments | None = None,
     ) -> None:
         self.settings = s = settings or Settings()
+        self.metrics = m = metrics or NoMetrics()
         self.trust = trust
         self.clock = clock
         self.store = StorageThread(storage)
         self.db = storage
         self.connections = Connections()
-        self.presence = Presence(self.store, s.presence_interval)
+        self.presence = Presence(self.store, s.presence_interval, metrics=m)
         self.storm = StormBreaker(s.storm)
         self.killswitch = KillSwitch(self.store, self.connections, clock, self.storm)
-        self.assigner = Assigner(self.store, self.connections, signer, clock)
+        self.assigner = Assigner(self.store, self.connections, signer, clock, metrics=m)
         self.engine = RolloutEngine(
             self.store,
             self.assigner,
@@ -74,8 +77,9 @@ class ControlPlane:
             presence=self.presence,
             holder=s.holder,
             tick=s.tick,
+            metrics=m,
         )
-        self.ingestor = ReportIngestor(self.store, on_commit=self.on_reports)
+        self.ingestor = ReportIngestor(self.store, on_commit=self.on_reports, metrics=m)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -90,6 +94,10 @@ class ControlPlane:
         task = asyncio.create_task(coro, name=name)
         task.add_done_callback(self._crashed)
         self._tasks.append(task)
+
+    def task_states(self) -> dict[str, bool]:
+        """Each background task's name, and whether it still runs (``/healthz`` asks)."""
+        return {task.get_name(): not task.done() for task in self._tasks}
 
     @staticmethod
     def _crashed(task: asyncio.Task[None]) -> None:
@@ -120,6 +128,7 @@ class ControlPlane:
 
     def heartbeat(self, host_id: str, firing: Sequence[str], health: dict[str, Any]) -> None:
         now = self.clock.now()  # our clock, not the agent's: lost-agent gates compare to it
+        self.metrics.heartbeat()
         self.presence.seen(host_id, now, health)
         for policy in firing:
             self.storm.fired(host_id, policy, now)
@@ -139,6 +148,8 @@ class ControlPlane:
         while True:
             await asyncio.sleep(self.settings.storm_interval)
             try:
-                await self.killswitch.check_storm()
+                trips = await self.killswitch.check_storm()
+                if trips:
+                    self.metrics.storm_tripped(len(trips))
             except Exception:
                 log.exception("storm check failed")

@@ -25,6 +25,7 @@ from dataclasses import replace
 from agent.clock import Clock
 from controlplane.assigner import Assigner, assignment_message
 from controlplane.ingest import Presence
+from controlplane.instrumentation import Instruments, NoMetrics
 from controlplane.rollout_join import on_join, standing_bundle
 from controlplane.rollouts import (
     ABORTED,
@@ -76,8 +77,10 @@ class RolloutEngine:
         presence: Presence | None = None,
         holder: str = "local",
         tick: float = 1.0,
+        metrics: Instruments | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or NoMetrics()
         self.db = store.storage
         self.assigner = assigner
         self.clock = clock
@@ -141,6 +144,7 @@ class RolloutEngine:
         step = plan(
             rollout, matching, hosts, observe(hosts, agents, reports, now, self.timing), now
         )
+        self.metrics.rollout_step(rollout, step.results)
         await self.store.run(self.db.put_rollout, step.rollout)
         if step.rollout.state != rollout.state or step.rollout.wave != rollout.wave:
             log.warning(
@@ -212,7 +216,8 @@ class RolloutEngine:
             )
         if stranded:
             await self.store.run(self.db.put_rollout_hosts, stranded)
-        await self.assigner.issue(requests)
+        await self.assigner.issue(requests, "rollback")
+        self.metrics.rolled_back(rollout.state, len(requests), len(stranded))
         message = (
             f"rollout {rollout.id} {rollout.state}: {rollout.reason}; "
             f"{len(requests)} host(s) rolled back, {len(stranded)} left on the new bundle"

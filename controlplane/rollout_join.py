@@ -69,7 +69,7 @@ async def _standing(engine: RolloutEngine, target: RolloutRecord, agent: AgentRe
         engine.clock.now(),
     )
     await engine.assigner.issue(
-        [AssignmentRequest(agent.host_id, bundle.digest, bundle.version, target.id, track)]
+        [AssignmentRequest(agent.host_id, bundle.digest, bundle.version, target.id, track)], "join"
     )
 
 

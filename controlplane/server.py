@@ -27,6 +27,7 @@ import grpc
 from agent.bundle.archive import MAX_BUNDLE_BYTES
 from agent.logs import JsonFormatter, TextFormatter, choose_format
 from controlplane import server_config, services
+from controlplane.instrumentation import open_metrics
 from controlplane.plane import ControlPlane
 
 log = logging.getLogger("stanch.cp")
@@ -82,7 +83,11 @@ class Server:
     def __init__(self, plane: ControlPlane, listen: str, token: str | None = None) -> None:
         self.plane = plane
         self.listen = listen
-        interceptors = [TokenAuth(token)] if token else []
+        # Metrics first, so the calls the token check refuses are timed and counted too.
+        timing = plane.metrics.interceptor()
+        interceptors: list[grpc.aio.ServerInterceptor] = [timing] if timing else []
+        if token:
+            interceptors.append(TokenAuth(token))
         self.grpc = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
         self.health = services.register(self.grpc, plane)
         self.port = 0
@@ -107,9 +112,11 @@ class Server:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    plane, token = server_config.build(args)
+    metrics = open_metrics(args.metrics_listen)
+    plane, token = server_config.build(args, metrics)
     server = Server(plane, args.listen, token)
     port = await server.start()
+    metrics.serve(plane, asyncio.get_running_loop())  # before "listening": scrapable once up
     host = args.listen.rsplit(":", 1)[0]
     print(f"stanch-cp listening on {host}:{port}", flush=True)
     stop = asyncio.Event()
@@ -119,6 +126,7 @@ async def serve(args: argparse.Namespace) -> int:
     await stop.wait()
     log.info("shutting down")
     await server.stop()
+    metrics.close()
     return 0
 
 

@@ -15,7 +15,9 @@ from agent.bundle.trust import TrustError, TrustStore
 from agent.clock import SystemClock
 from agent.duration import parse_duration
 from agent.errors import StanchError
+from agent.instrumentation import split_listen
 from controlplane.assignments import make_signer
+from controlplane.instrumentation import Instruments
 from controlplane.keys import load_private_key
 from controlplane.plane import ControlPlane, Settings
 from controlplane.storage import open_storage
@@ -31,6 +33,15 @@ def _duration(text: str) -> float:
         return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, port = split_listen(text)
+    if host is None or port is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected HOST:PORT such as 127.0.0.1:9465 or [::1]:9465"
+        )
+    return host, port
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,13 +74,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--report-retention", type=_duration, default=90 * 86400.0, help="keep reports (90d)"
     )
+    p.add_argument(
+        "--metrics-listen",
+        type=_listen,
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics and /healthz here (off by default; e.g. 127.0.0.1:9465)",
+    )
     p.add_argument("--replica-id", default=socket.gethostname(), help="rollout lease holder")
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", default="auto", choices=("auto", "json", "text"))
     return p
 
 
-def build(args: argparse.Namespace) -> tuple[ControlPlane, str | None]:
+def build(
+    args: argparse.Namespace, metrics: Instruments | None = None
+) -> tuple[ControlPlane, str | None]:
     passphrase = None
     if args.assignment_key_passphrase_env:
         value = os.environ.get(args.assignment_key_passphrase_env)
@@ -92,6 +111,8 @@ def build(args: argparse.Namespace) -> tuple[ControlPlane, str | None]:
         holder=args.replica_id,
         report_retention=args.report_retention,
     )
-    plane = ControlPlane(open_storage(args.db), trust, make_signer(key), SystemClock(), settings)
+    plane = ControlPlane(
+        open_storage(args.db), trust, make_signer(key), SystemClock(), settings, metrics
+    )
     token = os.environ.get(args.admin_token_env) or None
     return plane, token
