@@ -362,7 +362,10 @@ class _ReplayServicer(pb_grpc.FleetServicer):
     ) -> AsyncIterator[pb.ControlMessage]:
         fake = self.fake
         messages = request_iterator.__aiter__()
-        first = await messages.__anext__()
+        try:
+            first = await messages.__anext__()
+        except StopAsyncIteration:
+            return
         host = first.hello.host_id
         with fake.lock:
             fake.hellos[host] = first.hello

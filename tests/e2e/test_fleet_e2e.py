@@ -197,7 +197,15 @@ def test_a_bad_bundle_is_halted_at_the_canary_and_rolled_back_on_the_host(fleet:
     assert tracked == [(first, "rolled_back")]
     escalations = fleet.ctl_json("escalations", "list", "--since", "10m")
     assert [e for e in escalations if e["source"] == "rollout" and rollout in e["message"]]
-    wait_host(fleet, first, "the canary fixed again", lambda: fleet.digest(first) == good, 5)
+    # the canary's fault is still there: the bundle it got back fixes it
+    restored = pointer.activated_at
+    wait_host(
+        fleet,
+        first,
+        "the restored bundle to fix the canary's fault",
+        lambda: fixes_since(fleet, first, restored),
+        30,
+    )
 
 
 # ---- 3 and 4. the control plane killed mid-rollout ---------------------------------------------
