@@ -214,9 +214,12 @@ class Journal:
         if current == len(MIGRATIONS):
             return
         if current > 0:
-            import shutil  # only on upgrade: keeps start-up light
-
-            shutil.copy2(self.path, self.path.with_suffix(f".v{current}.bak"))
+            # SQLite's backup API, not a file copy: after a crash the newest commits may still
+            # be in the WAL file, which a copy of the main file alone would miss.
+            backup = sqlite3.connect(str(self.path.with_suffix(f".v{current}.bak")))
+            with backup:
+                self._db.backup(backup)
+            backup.close()
         for version in range(current, len(MIGRATIONS)):
             with self._tx() as db:
                 if self.schema_version() > version:
