@@ -23,12 +23,13 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from agent.sqlite_db import SqliteDb, migrate
 
 MIGRATIONS: tuple[str, ...] = (
     """
@@ -137,34 +138,24 @@ class Reporter(Protocol):
     def add(self, db: sqlite3.Connection, report: Report) -> None: ...
 
 
-class Journal:
+class Journal(SqliteDb):
     """Thread-safe access to the state file. One connection, one lock: writes are small and
     rare (only when a policy fires), and readers in other processes use WAL snapshots."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            str(self.path), timeout=10.0, check_same_thread=False, isolation_level=None
-        )
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA busy_timeout=10000")
         # A bounded page cache (512 KiB): the journal is small and mostly appended to, and the
         # agent's memory must stay flat over months.
-        self._db.execute("PRAGMA cache_size=-512")
+        super().__init__(path, cache_kib=512)
         self._last_decision: dict[str, tuple[int, str, str]] = {}
         self.reporter: Reporter | None = None
         """Set when a control plane is configured; None reports nothing (no outbox grows)."""
-        self._migrate()
+        try:
+            migrate(self._db, MIGRATIONS, self._backup_path, self._too_new)
+        except BaseException:
+            self._db.close()
+            raise
 
     # ---- plumbing ----------------------------------------------------------------------------
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
 
     def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
         """A write transaction (BEGIN IMMEDIATE ... COMMIT) for tables kept in this file by other
@@ -183,51 +174,14 @@ class Journal:
         if self.reporter is not None:
             self.reporter.add(db, report)
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+    def _backup_path(self, version: int) -> Path:
+        return self.path.with_suffix(f".v{version}.bak")
 
-    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return list(self._db.execute(sql, args).fetchall())
-
-    def schema_version(self) -> int:
-        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
-
-    def _migrate(self) -> None:
-        """Apply pending migrations, each in its own IMMEDIATE transaction that re-reads the
-        version under the write lock, so two processes opening a new file (the agent and a CLI
-        command) never apply the same migration twice."""
-        current = self.schema_version()
-        if current > len(MIGRATIONS):
-            raise RuntimeError(
-                f"{self.path}: state schema v{current} is newer than this agent "
-                f"(v{len(MIGRATIONS)}); upgrade the agent or move the state file aside"
-            )
-        if current == len(MIGRATIONS):
-            return
-        if current > 0:
-            # SQLite's backup API, not a file copy: after a crash the newest commits may still
-            # be in the WAL file, which a copy of the main file alone would miss.
-            backup = sqlite3.connect(str(self.path.with_suffix(f".v{current}.bak")))
-            with backup:
-                self._db.backup(backup)
-            backup.close()
-        for version in range(current, len(MIGRATIONS)):
-            with self._tx() as db:
-                if self.schema_version() > version:
-                    continue  # another process applied it first
-                for statement in MIGRATIONS[version].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {version + 1}")
+    def _too_new(self, version: int) -> Exception:
+        return RuntimeError(
+            f"{self.path}: state schema v{version} is newer than this agent "
+            f"(v{len(MIGRATIONS)}); upgrade the agent or move the state file aside"
+        )
 
     # ---- decisions ---------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
+from agent.sqlite_db import migrate as apply_migrations
 from controlplane.errors import ControlPlaneError
 
 MIGRATIONS: tuple[str, ...] = (
@@ -67,35 +68,15 @@ class SchemaError(ControlPlaneError):
     """The database file cannot be used with this version of the control plane."""
 
 
-def schema_version(db: sqlite3.Connection) -> int:
-    return int(db.execute("PRAGMA user_version").fetchone()[0])
-
-
 def migrate(db: sqlite3.Connection, path: Path, migrations: Sequence[str] = MIGRATIONS) -> None:
-    """Apply pending migrations, each in its own IMMEDIATE transaction that re-reads the version
-    under the write lock, so two processes opening one new file never apply a step twice."""
-    current = schema_version(db)
-    if current > len(migrations):
-        raise SchemaError(
-            f"{path}: schema v{current} is newer than this control plane (v{len(migrations)}); "
-            f"upgrade stanch or restore a backup"
-        )
-    if current == len(migrations):
-        return
-    if current > 0:
-        backup = sqlite3.connect(str(path.with_name(f"{path.name}.v{current}.bak")))
-        with backup:
-            db.backup(backup)
-        backup.close()
-    for version in range(current, len(migrations)):
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if schema_version(db) == version:
-                for statement in migrations[version].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {version + 1}")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    """Bring ``db`` to the newest schema (see ``agent.sqlite_db.migrate``): backed up first as
+    ``<file>.v<N>.bak``; a file newer than this control plane is refused."""
+    apply_migrations(
+        db,
+        migrations,
+        lambda current: path.with_name(f"{path.name}.v{current}.bak"),
+        lambda current: SchemaError(
+            f"{path}: schema v{current} is newer than this control plane "
+            f"(v{len(migrations)}); upgrade stanch or restore a backup"
+        ),
+    )
