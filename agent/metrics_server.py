@@ -21,7 +21,7 @@ import json
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -38,16 +38,29 @@ REQUEST_TIMEOUT = 10.0
 """A client that stops sending mid-request is dropped after this, so it cannot hold a thread."""
 
 
+Probe = Callable[[], tuple[bool, dict[str, Any]]]
+"""A probe answers (healthy, JSON body); the endpoint turns that into 200 or 503."""
+
+
 class MetricsServer(ThreadingHTTPServer):
+    """``/metrics`` from ``registry`` plus one JSON endpoint per probe, on a daemon thread.
+    Shared with the control plane (``controlplane.metrics_server``), which brings its own probes."""
+
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(
-        self, host: str, port: int, registry: CollectorRegistry, health: LoopHealth
+        self,
+        host: str,
+        port: int,
+        registry: CollectorRegistry,
+        probes: Mapping[str, Probe],
+        name: str = "stanch-agent",
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.registry = registry
-        self.health = health
+        self.probes = dict(probes)
+        self.name = name
         self._thread: threading.Thread | None = None
         super().__init__((host, port), _Handler)
 
@@ -55,9 +68,13 @@ class MetricsServer(ThreadingHTTPServer):
     def port(self) -> int:
         return int(self.server_address[1])
 
+    @property
+    def paths(self) -> list[str]:
+        return ["/metrics", *self.probes]
+
     def start(self) -> None:
         self._thread = threading.Thread(
-            target=self.serve_forever, args=(0.5,), name="stanch-metrics", daemon=True
+            target=self.serve_forever, args=(0.5,), name=f"{self.name}-metrics", daemon=True
         )
         self._thread.start()
 
@@ -72,41 +89,27 @@ class MetricsServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: MetricsServer
     timeout = REQUEST_TIMEOUT
-    server_version = "stanch-agent"
+
+    @property
+    def server_version(self) -> str:  # type: ignore[override]  # a class attribute upstream
+        return self.server.name
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
+        probe = self.server.probes.get(path)
         if path == "/metrics":
             encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
             self._reply(200, encoder(self.server.registry), content_type)
-        elif path == "/healthz":
-            self._health(ready=False)
-        elif path == "/readyz":
-            self._health(ready=True)
+        elif probe is not None:
+            ok, body = probe()
+            self._reply(200 if ok else 503, json.dumps(body).encode() + b"\n", "application/json")
         elif path == "/":
-            body = b"stanch-agent: /metrics /healthz /readyz\n"
-            self._reply(200, body, "text/plain; charset=utf-8")
+            body_text = f"{self.server.name}: {' '.join(self.server.paths)}\n"
+            self._reply(200, body_text.encode(), "text/plain; charset=utf-8")
         else:
-            self._reply(404, b"not found; try /metrics, /healthz or /readyz\n", "text/plain")
-
-    def _health(self, ready: bool) -> None:
-        health = self.server.health
-        age = health.age()
-        body: dict[str, Any] = {"loop_age_seconds": None if age is None else round(age, 3)}
-        if age is None:
-            # Still in start-up (crash recovery, first policy load): alive, not yet ready.
-            ok = not ready
-            body["status"] = "starting"
-        elif health.healthy():
-            ok = True
-            body["status"] = "ok"
-        else:
-            ok = False
-            body["status"] = "unhealthy"
-            body["reason"] = (
-                f"the main loop has not turned for {age:.1f}s (limit {health.stale_after:g}s)"
-            )
-        self._reply(200 if ok else 503, json.dumps(body).encode() + b"\n", "application/json")
+            paths = self.server.paths
+            hint = ", ".join(paths[:-1]) + f" or {paths[-1]}"
+            self._reply(404, f"not found; try {hint}\n".encode(), "text/plain")
 
     def _reply(self, status: int, body: bytes, content_type: str) -> None:
         self.send_response(status)
@@ -117,7 +120,29 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
-        pass  # Scrapes every 15 s and probes every 10 s would drown the agent's own log.
+        pass  # Scrapes every 15 s and probes every 10 s would drown the process's own log.
+
+
+def loop_probe(health: LoopHealth, ready: bool) -> Probe:
+    """The agent's probes: ``/healthz`` (alive) and ``/readyz`` (start-up done, loop healthy)."""
+
+    def probe() -> tuple[bool, dict[str, Any]]:
+        age = health.age()
+        body: dict[str, Any] = {"loop_age_seconds": None if age is None else round(age, 3)}
+        if age is None:
+            # Still in start-up (crash recovery, first policy load): alive, not yet ready.
+            body["status"] = "starting"
+            return not ready, body
+        if health.healthy():
+            body["status"] = "ok"
+            return True, body
+        body["status"] = "unhealthy"
+        body["reason"] = (
+            f"the main loop has not turned for {age:.1f}s (limit {health.stale_after:g}s)"
+        )
+        return False, body
+
+    return probe
 
 
 class ServedMetrics(AgentMetrics):
@@ -148,7 +173,8 @@ def serve_metrics(
     ProcessCollector(registry=registry)
     registry.register(StateCollector(snapshot, health))
     try:
-        server: MetricsServer | None = MetricsServer(config.host, config.port, registry, health)
+        probes = {"/healthz": loop_probe(health, False), "/readyz": loop_probe(health, True)}
+        server: MetricsServer | None = MetricsServer(config.host, config.port, registry, probes)
     except OSError as exc:
         log.error(
             "metrics_unavailable",

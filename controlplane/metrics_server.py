@@ -2,7 +2,7 @@
 
 On ``--metrics-listen HOST:PORT`` (off by default), separate from the gRPC port: metrics name
 rollouts and agent versions, so who may read them is the operator's choice, and a scraper needs
-no gRPC. A small threaded ``http.server``, like the agent's (``agent/metrics_server.py``): a
+no gRPC. The agent's threaded ``http.server`` (``agent.metrics_server.MetricsServer``): a
 scrape never runs on the event loop that serves the fleet; it hands the loop one short coroutine
 that reads the live state and waits for it.
 
@@ -20,19 +20,15 @@ agent's rule too): agents and rollouts matter more than their dashboard, and the
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import socket
-import threading
 import time
 from collections.abc import Coroutine
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry, disable_created_metrics
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.process_collector import ProcessCollector
 
+from agent.metrics_server import MetricsServer
 from controlplane.metrics import (
     SNAPSHOT_TIMEOUT,
     ControlPlaneMetrics,
@@ -47,8 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("stanch.cp.metrics")
 T = TypeVar("T")
 HEALTH_TIMEOUT = 2.0
-REQUEST_TIMEOUT = 10.0
-"""A client that stops sending mid-request is dropped after this, so it cannot hold a thread."""
 
 
 class ServedMetrics(ControlPlaneMetrics):
@@ -75,7 +69,9 @@ class ServedMetrics(ControlPlaneMetrics):
         ProcessCollector(registry=self.registry)
         self.registry.register(StateCollector(self.snapshot))
         try:
-            self.server = MetricsServer(self.host, self.port, self)
+            self.server = MetricsServer(
+                self.host, self.port, self.registry, {"/healthz": self.health}, "stanch-cp"
+            )
         except OSError as exc:
             log.error(
                 "metrics_unavailable",
@@ -134,62 +130,3 @@ class ServedMetrics(ControlPlaneMetrics):
 
 async def _probe(plane: ControlPlane, scheduled: float) -> tuple[float, dict[str, bool]]:
     return max(0.0, time.monotonic() - scheduled), plane.task_states()
-
-
-class MetricsServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, host: str, port: int, metrics: ServedMetrics) -> None:
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self.metrics = metrics
-        self._thread: threading.Thread | None = None
-        super().__init__((host, port), _Handler)
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-    def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self.serve_forever, args=(0.5,), name="stanch-cp-metrics", daemon=True
-        )
-        self._thread.start()
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self.shutdown()
-            self._thread.join(5.0)
-            self._thread = None
-        self.server_close()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: MetricsServer
-    timeout = REQUEST_TIMEOUT
-    server_version = "stanch-cp"
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        metrics = self.server.metrics
-        if path == "/metrics":
-            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            self._reply(200, encoder(metrics.registry), content_type)
-        elif path == "/healthz":
-            ok, body = metrics.health()
-            self._reply(200 if ok else 503, json.dumps(body).encode() + b"\n", "application/json")
-        elif path == "/":
-            self._reply(200, b"stanch-cp: /metrics /healthz\n", "text/plain; charset=utf-8")
-        else:
-            self._reply(404, b"not found; try /metrics or /healthz\n", "text/plain")
-
-    def _reply(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # A scrape every 15 s and a probe every 10 s would drown the control plane's log.
