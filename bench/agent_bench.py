@@ -139,22 +139,28 @@ spec:
 """
 
 
+def write_restart_policy(work: Path, interval: str, watch: bool) -> Path:
+    """The restart-the-service policy under ``work/policies``; returns the service's pidfile."""
+    pidfile = work / "svc.pid"
+    (work / "policies" / "p.yaml").write_text(
+        LATENCY_POLICY.format(
+            pidfile=pidfile,
+            interval=interval,
+            watch=str(watch).lower(),
+            python=sys.executable,
+            service=SERVICE,
+        )
+    )
+    return pidfile
+
+
 def latency(watch: bool, interval: str, runs: int) -> list[float]:
     """Seconds from SIGKILL of the service to the agent's committed intent, per run."""
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "policies").mkdir()
-        pidfile = work / "svc.pid"
-        (work / "policies" / "p.yaml").write_text(
-            LATENCY_POLICY.format(
-                pidfile=pidfile,
-                interval=interval,
-                watch=str(watch).lower(),
-                python=sys.executable,
-                service=SERVICE,
-            )
-        )
+        pidfile = write_restart_policy(work, interval, watch)
         start_service(pidfile)
         proc = subprocess.Popen(
             agent_cmd(work / "state", work / "policies"),
@@ -189,12 +195,7 @@ def soak(seconds: float) -> list[tuple[float, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "policies").mkdir()
-        pidfile = work / "svc.pid"
-        (work / "policies" / "p.yaml").write_text(
-            LATENCY_POLICY.format(
-                pidfile=pidfile, interval="1s", watch="true", python=sys.executable, service=SERVICE
-            )
-        )
+        pidfile = write_restart_policy(work, "1s", True)
         listener = socket.socket()
         listener.bind(("127.0.0.1", 0))
         listener.listen(128)
