@@ -27,6 +27,7 @@ from agent.explain import explain_policy, print_history, print_status
 from agent.journal import Journal
 from agent.pauses import GLOBAL, PauseFile
 from agent.policy.loader import load_dir, load_file
+from agent.sqlite_db import DatabaseFileError
 
 DEFAULT_CONFIG = "/etc/stanch/agent.yaml"
 
@@ -42,6 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"stanch-agent: configuration error:\n{exc}", file=sys.stderr)
         return 2
+    except DatabaseFileError as exc:
+        # Exit at once with the file and the remedy: no retry loop here that would hide it.
+        print(f"stanch-agent: state file unusable: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
 

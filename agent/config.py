@@ -17,6 +17,7 @@ from agent.instrumentation import MetricsConfig, parse_metrics
 from agent.policy.fields import ErrorSink, Fields
 from agent.policy.loader import parse_window
 from agent.policy.model import Window
+from agent.redact import DEFAULT_REDACTOR, PatternError, Redactor, compile_pattern
 
 CONFIG_KIND = "AgentConfig"
 
@@ -45,6 +46,9 @@ class AgentConfig:
     """Where to report and take assignments from; None runs the agent alone (no grpc loaded)."""
     metrics: MetricsConfig = MetricsConfig()
     """``metrics:``: the Prometheus endpoint with /healthz and /readyz (off by default)."""
+    redactor: Redactor = DEFAULT_REDACTOR
+    """Built-in patterns, the ``redact:`` patterns and the sinks' secret values (``agent.redact``):
+    applied to command output before the journal, reports and logs see it."""
 
     @property
     def journal_path(self) -> Path:
@@ -68,7 +72,7 @@ def load_config(path: str | Path, **overrides: Any) -> AgentConfig:
 
 def parse_config(raw: object, file: str = "<config>", **overrides: Any) -> AgentConfig:
     """Build an AgentConfig; ``overrides`` (from command-line flags) win over the file."""
-    from agent.notify import parse_sinks
+    from agent.notify import parse_sinks, sink_secrets
 
     sink = ErrorSink(file)
     f = Fields(raw, "", sink)
@@ -99,6 +103,7 @@ def parse_config(raw: object, file: str = "<config>", **overrides: Any) -> Agent
     default_sinks = esc.str_list("default_sinks", ())
     esc.done()
     sinks = parse_sinks(f.get("sinks", {}), f.at("sinks"), sink)
+    patterns = _redact_patterns(f, sink)
     control_plane = parse_control_plane(f)
     metrics = parse_metrics(f.section("metrics"))
     f.done()
@@ -111,6 +116,7 @@ def parse_config(raw: object, file: str = "<config>", **overrides: Any) -> Agent
     for name in default_sinks:
         if name not in sinks:
             sink.add("escalation.default_sinks", f"no sink named {name!r} under sinks")
+    secrets = sink_secrets(sinks)
     if sink.errors:
         raise ConfigError(sink.errors)
     values: dict[str, Any] = {
@@ -129,11 +135,24 @@ def parse_config(raw: object, file: str = "<config>", **overrides: Any) -> Agent
         "maintenance": tuple(windows),
         "control_plane": control_plane,
         "metrics": metrics,
+        "redactor": Redactor.build(patterns, secrets),
     }
     values.update({k: v for k, v in overrides.items() if v is not None})
     for key in ("policies_dir", "state_dir", "root"):
         values[key] = Path(values[key])
     return AgentConfig(**values)
+
+
+def _redact_patterns(f: Fields, sink: ErrorSink) -> tuple[str, ...]:
+    """``redact: [regex, ...]``: extra patterns for command output, each compiled now so a bad
+    one fails the load with its index rather than at 3 AM on the first output it meets."""
+    patterns = f.str_list("redact", ())
+    for index, text in enumerate(patterns):
+        try:
+            compile_pattern(text)
+        except PatternError as exc:
+            sink.add(f"redact[{index}]", f"{exc}; fix or remove this pattern")
+    return tuple(patterns)
 
 
 def _error(file: str, problem: str) -> Any:

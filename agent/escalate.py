@@ -27,7 +27,9 @@ class Escalator:
         self.config = config
         self.journal = journal
         self.clock = clock
-        self.notifier = Notifier(journal, build_sinks(config.sinks), clock)
+        self.notifier = Notifier(
+            journal, build_sinks(config.sinks), clock, redactor=config.redactor
+        )
 
     def start(self) -> None:
         self.notifier.start()

@@ -34,6 +34,8 @@ from agent.clock import Clock
 from agent.journal import Journal, NotificationRow
 from agent.payload import build_payload, clip, clip_tree, resolve_payload
 from agent.policy.fields import ErrorSink, Fields
+from agent.redact import DEFAULT_REDACTOR, Redactor
+from agent.secrets import refs_of, resolve_all
 from agent.sinks import SINK_TYPES, DeliveryError, Sink, sends_resolved
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "clip_tree",
     "parse_sinks",
     "resolve_payload",
+    "sink_secrets",
 ]
 """The payload helpers live in ``agent.payload``; they are re-exported for existing callers."""
 
@@ -91,6 +94,14 @@ def parse_sinks(raw: object, path: str, sink: ErrorSink) -> dict[str, SinkConfig
     return out
 
 
+def sink_secrets(
+    configs: Mapping[str, SinkConfig], environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """The secret values (from ``*_file`` / ``*_env``) the sinks can read now, for the
+    redactor: a routing key or webhook URL never shows up in output, journal rows or pages."""
+    return resolve_all((ref for c in configs.values() for _, ref in refs_of(c.config)), environ)
+
+
 def build_sinks(configs: Mapping[str, SinkConfig]) -> dict[str, Sink]:
     """Make the sinks. Cheap and side-effect free: nothing connects or opens files until send."""
     return {name: SINK_TYPES[c.type].build(c.config) for name, c in configs.items()}
@@ -116,8 +127,12 @@ class Notifier:
         base_backoff: float = 2.0,
         max_backoff: float = 3600.0,
         jitter: Callable[[], float] | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.journal = journal
+        self.redactor = redactor or DEFAULT_REDACTOR
+        """Applied to every delivery error before the journal row and the log line get it (a
+        command sink's stderr, a receiver's echoed body); ``AgentConfig.redactor`` in the agent."""
         self.sinks = dict(sinks)
         self.clock = clock
         self.max_attempts = max(1, max_attempts)
@@ -204,7 +219,7 @@ class Notifier:
     def _record(
         self, row: NotificationRow, status: str, error: str | None, next_at: float | None = None
     ) -> None:
-        error = error[:ERROR_LIMIT] if error else None
+        error = self.redactor.redact(error)[:ERROR_LIMIT] if error else None
         self.journal.mark_notification(row.id, status, self.clock.now(), next_at, error)
         level = logging.INFO if status != "failed" else logging.WARNING
         event = f"notification_{'retry' if status == 'pending' else status}"

@@ -20,7 +20,7 @@ from agent.clock import Clock
 from agent.engine.rules import problem_cleared
 from agent.journal import Journal
 from agent.policy.model import Policy
-from agent.remediate import CommandRunner, run_steps
+from agent.remediate import CommandRunner, redactor_of, run_steps
 from agent.sampling import LiveCheck, sample
 
 
@@ -71,7 +71,7 @@ class Remediation:
         try:
             return self._run()
         except Exception as exc:  # the boundary: record, never lose the execution
-            summary = f"internal error during remediation: {exc}"
+            summary = redactor_of(self.runner).redact(f"internal error during remediation: {exc}")
             self.journal.finish_execution(
                 self.execution_id, self.clock.now(), "failed", "", summary
             )

@@ -23,8 +23,9 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sqlite3
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ from agent.remediate import CommandRunner, SubprocessRunner
 from agent.remediation import Remediation, RemediationResult
 from agent.sampling import LiveCheck, build_check, sample, timed_out
 from agent.sdnotify import SystemdNotifier, Watchdog
+from agent.sqlite_db import file_error, is_transient
 from agent.status import StatusWriter
 from agent.workers import WorkerPool
 
@@ -64,6 +66,9 @@ if TYPE_CHECKING:  # imported for real only when a control plane is configured (
 
 MAX_WAIT = 1.0
 SOURCE_POLL = 2.0
+UNWRITABLE_RETRY = 1.0
+"""While the journal cannot be written, probe it this often (nothing else runs meanwhile)."""
+UNWRITABLE_LOG = 30.0
 
 
 @dataclass
@@ -88,7 +93,7 @@ class Agent:
     ) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        self.runner = runner or SubprocessRunner()
+        self.runner = runner or SubprocessRunner(redactor=config.redactor)
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.journal = journal or Journal(config.journal_path)
         self.pauses = PauseFile(config.pause_path)
@@ -116,6 +121,9 @@ class Agent:
         self.systemd = SystemdNotifier.from_environ()
         self.watchdog = Watchdog.from_environ(self.systemd, clock=self.clock)
         self.metrics: Instruments = NoMetrics()
+        self.unwritable_since: float | None = None
+        """Wall time the journal stopped taking writes (disk full, locked); None when fine."""
+        self._next_unwritable_log = 0.0
         if config.control_plane is not None:
             from agent.fleet.outbox import Outbox
 
@@ -204,21 +212,78 @@ class Agent:
         self.events.put(("wake",))
 
     def run(self, drain_timeout: float = 30.0) -> None:
+        """Start, then turn the loop until asked to stop. A journal that fails for good (corrupt
+        pages found mid-run; full or locked before start-up finished) ends the process with
+        :class:`DatabaseFileError`: the file and the remedy, no traceback."""
+        try:
+            self._run(drain_timeout)
+        except sqlite3.DatabaseError as exc:
+            raise file_error(self.journal.path, exc) from None
+
+    def _run(self, drain_timeout: float) -> None:
         self.start()
         try:
             while not self._stop.is_set():
-                if self._reload.is_set():
-                    self._reload.clear()
-                    self.systemd.reloading()
-                    self.reload()
-                    self.systemd.ready(self._summary())
-                timeout = self._schedule()
-                self._drain_events(timeout)
-                self.status.tick(self)
-                self._housekeeping()
+                try:
+                    if self.unwritable_since is None or self._journal_writable():
+                        self._turn()
+                except sqlite3.OperationalError as exc:
+                    if not is_transient(exc):
+                        raise
+                    self._journal_unwritable(exc)
                 self.watchdog.beat()  # systemd watchdog and /healthz: the loop turned
         finally:
             self.shutdown(drain_timeout)
+
+    def _turn(self) -> None:
+        if self._reload.is_set():
+            self._reload.clear()
+            self.systemd.reloading()
+            self.reload()
+            self.systemd.ready(self._summary())
+        timeout = self._schedule()
+        self._drain_events(timeout)
+        self.status.tick(self)
+        self._housekeeping()
+
+    def _journal_unwritable(self, exc: sqlite3.OperationalError) -> None:
+        """Degraded mode: a journal write failed because the disk under the state dir is full
+        or another process holds the file's lock. No remediation may start (its intent could
+        not be recorded first), so the loop stops evaluating and probes the journal every
+        ``UNWRITABLE_RETRY`` seconds; a clear error goes to the log and to systemd's status
+        line. The process stays up: a restart would not free the disk, and a crash loop would
+        hide the cause. The first write that succeeds ends it (``_journal_writable``)."""
+        if self.unwritable_since is None:
+            self.unwritable_since = self.clock.now()
+            self._next_unwritable_log = 0.0
+        mono = self.clock.monotonic()
+        if mono >= self._next_unwritable_log:
+            self._next_unwritable_log = mono + UNWRITABLE_LOG
+            problem = file_error(self.journal.path, exc)
+            log_event(
+                "journal_unwritable",
+                logging.ERROR,
+                path=str(self.journal.path),
+                error=problem.problem,
+                hint=f"{problem.hint}; no remediation starts until its intent can be recorded",
+                since=self.unwritable_since,
+            )
+            self.systemd.status(f"DEGRADED: cannot write {self.journal.path}: {exc}")
+        self._stop.wait(UNWRITABLE_RETRY)
+
+    def _journal_writable(self) -> bool:
+        """Probe with the agent heartbeat; on success leave degraded mode, say so, and sample
+        every check again at once (results seen while degraded were dropped)."""
+        self.journal.put_agent_state({"heartbeat_at": self.clock.now()})
+        since = self.unwritable_since or self.clock.now()
+        self.unwritable_since = None
+        log_event("journal_writable", path=str(self.journal.path), after=self.clock.now() - since)
+        self.systemd.status(self._summary())
+        now = self.clock.monotonic()
+        for lp in self.policies.values():
+            for live in lp.checks.values():
+                live.next_due = min(live.next_due, now)
+        return True
 
     def _housekeeping(self) -> None:
         """Every few seconds: notice a newly activated bundle (reload); every
@@ -263,7 +328,14 @@ class Agent:
         self.escalator.stop()
         if self.fleet is not None:
             self.fleet.stop()  # unsent reports stay in the outbox for the next start
-        self.status.agent_stopped()
+        try:
+            self.status.agent_stopped()
+        except sqlite3.OperationalError as exc:
+            if not is_transient(exc):
+                raise
+            log_event(
+                "journal_unwritable", logging.ERROR, path=str(self.journal.path), error=str(exc)
+            )
         self.metrics.close()
         log_event("agent_stopped")
 
@@ -272,7 +344,7 @@ class Agent:
     def reload(self) -> None:
         """(Re)load policies. A file that fails validation keeps its last good version running;
         a policy whose document did not change keeps its runtime state (memory, schedule)."""
-        result = load_dir(self.policy_dir())
+        result = load_dir(self.policy_dir(), host_accounts=True)
         self.load_errors = [str(e) for e in result.errors]
         for error in result.errors:
             log_event(
@@ -560,7 +632,11 @@ class Agent:
             dict(lp.results),
         )
         future = self._fix_pool.submit(job.run)
-        future.add_done_callback(lambda f: self.events.put(("done", f.result())))
+
+        def done(f: Future[RemediationResult]) -> None:
+            self.events.put(("done", _outcome(f, job)))
+
+        future.add_done_callback(done)
 
     def _cleared(self, lp: LivePolicy, ev: Evaluation) -> None:
         name = lp.policy.name
@@ -638,3 +714,15 @@ class Agent:
                 policy=policy,
                 execution_id=result.execution_id,
             )
+
+
+def _outcome(future: Future[RemediationResult], job: Remediation) -> RemediationResult:
+    """The job's result; a job that could not even record its failure (the journal became
+    unwritable) still frees its policy: the row stays ``running`` and the next start marks it
+    interrupted, never re-run."""
+    exc = future.exception()
+    if exc is None:
+        return future.result()
+    summary = f"the result could not be recorded: {exc}"
+    log_event("remediation_unrecorded", logging.ERROR, policy=job.policy.name, error=str(exc))
+    return RemediationResult(job.policy.name, job.execution_id, "failed", summary, "", job.observed)

@@ -17,14 +17,18 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 DEFAULT_OUTPUT_LIMIT = 64 * 1024
 KILL_GRACE = 2.0
 EXITED_DRAIN = 0.2
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Never handed to children: systemd's notify socket would let a child speak for the agent, and
-# tokens or credentials in the agent's environment are not the command's business.
+INHERITED = ("HOME", "TZ", "TERM", "LC_ALL")
+"""The only variables taken from the agent's own environment (besides LANG). Everything else the
+agent has (STANCH_TOKEN, AWS_*, a sink's *_env secret, NOTIFY_SOCKET) stays out: an allowlist,
+not a denylist, so a credential with an unexpected name is not passed on either."""
+# Never handed to children, even when a policy sets them: systemd's notify and watchdog
+# variables would let a child speak for the agent, and socket activation fds are the agent's.
 _SCRUB_PREFIXES = ("NOTIFY_SOCKET", "WATCHDOG_", "STANCH_", "LISTEN_", "INVOCATION_ID")
 _SCRUB_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "CREDENTIAL", "API_KEY", "PRIVATE")
 
@@ -50,7 +54,7 @@ class Outcome:
 def scrubbed_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """A minimal environment for children: locale, a safe PATH, and what the policy set."""
     env = {"PATH": SAFE_PATH, "LANG": os.environ.get("LANG", "C.UTF-8")}
-    for key in ("HOME", "TZ", "TERM"):
+    for key in INHERITED:
         if key in os.environ and not _secret(key):
             env[key] = os.environ[key]
     env.update(extra or {})
@@ -98,11 +102,21 @@ def run_bounded(
     cwd: str | None = None,
     stdin: bytes | None = None,
     output_limit: int = DEFAULT_OUTPUT_LIMIT,
+    user: int | None = None,
+    group: int | None = None,
+    extra_groups: Sequence[int] | None = None,
 ) -> Outcome:
     """Run ``argv`` (no shell) until it exits or ``timeout`` seconds pass. Never raises for the
-    child's behaviour; a program that cannot start is an Outcome with ``error`` set."""
+    child's behaviour; a program that cannot start is an Outcome with ``error`` set.
+
+    ``user``/``group``/``extra_groups`` switch the child's credentials before exec (root only;
+    see ``agent.runas``). With ``user`` set and ``extra_groups`` None, supplementary groups are
+    cleared rather than inherited from the agent."""
     argv = tuple(argv)
     started = time.monotonic()
+    switch: dict[str, Any] = {}
+    if user is not None:
+        switch = {"user": user, "group": group, "extra_groups": list(extra_groups or ())}
     try:
         proc = subprocess.Popen(
             argv,
@@ -113,9 +127,10 @@ def run_bounded(
             cwd=cwd,
             start_new_session=True,
             close_fds=True,
+            **switch,
         )
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
+    except (OSError, subprocess.SubprocessError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
         return Outcome(
             argv,
             None,

@@ -10,8 +10,9 @@ from typing import Any
 
 import grpc
 
-from controlplane import convert, pareto, publish, rollout_admin
-from controlplane.errors import NotFound
+from controlplane import convert, fleet_view, publish, rollout_admin
+from controlplane.admin_approvals import ApprovalsAdmin
+from controlplane.auth import actor
 from controlplane.plane import ControlPlane
 from controlplane.rollout_admin import RolloutRequest
 from controlplane.selectors import matches
@@ -25,7 +26,7 @@ DEFAULT_LIMIT = 200
 MAX_LIMIT = 10_000
 
 
-class AdminService(admin_pb2_grpc.AdminServicer):
+class AdminService(ApprovalsAdmin, admin_pb2_grpc.AdminServicer):
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
         self.db = plane.db
@@ -64,7 +65,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             bake_seconds=request.bake_seconds,
             gates=dict(request.gates),
             gate_modes=dict(request.gate_modes),
-            by=request.by,
+            by=actor(request.by),
         )
         return await self._status(await rollout_admin.start(self.plane.engine, req))
 
@@ -89,7 +90,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ControlRolloutRequest, context: Context
     ) -> admin_pb2.RolloutStatus:
         rollout = await rollout_admin.control(
-            self.plane.engine, request.id, request.action, request.reason, request.by
+            self.plane.engine, request.id, request.action, request.reason, actor(request.by)
         )
         return await self._status(rollout)
 
@@ -110,7 +111,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.PauseRequest, context: Context
     ) -> admin_pb2.PauseResponse:
         record, reached = await self.plane.killswitch.pause(
-            request.policy, dict(request.selector), request.for_seconds, request.reason, request.by
+            request.policy,
+            dict(request.selector),
+            request.for_seconds,
+            request.reason,
+            actor(request.by),
         )
         return admin_pb2.PauseResponse(pauses=[convert.pause_info(record)], reached=reached)
 
@@ -138,14 +143,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def ListAgents(  # noqa: N802
         self, request: admin_pb2.ListAgentsRequest, context: Context
     ) -> admin_pb2.ListAgentsResponse:
-        agents = [a for a in await self.run(self.db.agents) if matches(request.selector, a.labels)]
-        assigned = await self.run(self.db.current_assignments)
-        live = self.plane.presence.live
+        views = await fleet_view.agents(self.plane, dict(request.selector))
         return admin_pb2.ListAgentsResponse(
-            agents=[
-                convert.agent_info(a, assigned.get(a.host_id), live.get(a.host_id, 0.0))
-                for a in agents
-            ]
+            agents=[convert.agent_info(v.agent, v.assigned, v.last_seen) for v in views]
         )
 
     @api_errors
@@ -166,42 +166,21 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def Explain(  # noqa: N802
         self, request: admin_pb2.ExplainRequest, context: Context
     ) -> admin_pb2.ExplainResponse:
-        agent = await self.run(self.db.agent, request.host)
-        query = ReportQuery(host=request.host, policy=request.policy, limit=request.limit or 20)
-        reports = await self.run(self.db.reports, query)
-        if agent is None and not reports:
-            raise NotFound(f"host {request.host}: never connected; see 'opsctl agents list'")
-        pauses = await self.run(self.db.pauses, self.plane.clock.now())
-        mine = [
-            p
-            for p in pauses
-            if p.scope in ("*", request.policy)
-            and (agent is None or matches(p.selector, agent.labels))
-        ]
-        assigned = await self.run(self.db.current_assignment, request.host)
+        found = await fleet_view.explain(
+            self.plane, request.host, request.policy, request.limit or 20
+        )
+        view = found.agent
         return admin_pb2.ExplainResponse(
-            agent=convert.agent_info(
-                agent, assigned, self.plane.presence.live.get(request.host, 0.0)
-            )
-            if agent
-            else None,
-            reports=[convert.report_info(r) for r in reports],
-            pauses=[convert.pause_info(p) for p in mine],
+            agent=convert.agent_info(view.agent, view.assigned, view.last_seen) if view else None,
+            reports=[convert.report_info(r) for r in found.reports],
+            pauses=[convert.pause_info(p) for p in found.pauses],
         )
 
     @api_errors
     async def Pareto(  # noqa: N802
         self, request: admin_pb2.ParetoRequest, context: Context
     ) -> admin_pb2.ParetoResponse:
-        query = ReportQuery(kind="execution", since=request.since, limit=1_000_000)
-        reports = await self.run(self.db.reports, query)
-        minutes: dict[str, float] = {}
-        for bundle in sorted(await self.run(self.db.bundles), key=lambda b: b.published_at):
-            minutes.update(bundle.manual_minutes)  # the newest definition wins
-        executions = [
-            pareto.Execution(r.host_id, r.policy, r.outcome, r.at, r.body_json) for r in reports
-        ]
-        policies, hosts = pareto.pareto(executions, minutes, request.limit or 20)
+        policies, hosts = await fleet_view.toil(self.plane, request.since, request.limit or 20)
         return admin_pb2.ParetoResponse(
             policies=[convert.pareto_row(r) for r in policies],
             hosts=[convert.pareto_row(r) for r in hosts],

@@ -15,11 +15,6 @@ from controlplane.connections import Connections
 from controlplane.instrumentation import Instruments, NoMetrics
 from controlplane.storage.base import AssignmentRecord, AssignmentRequest, Signer
 from controlplane.storage.runner import StorageThread
-from stanch.v1 import fleet_pb2
-
-
-def assignment_message(record: AssignmentRecord) -> fleet_pb2.ControlMessage:
-    return fleet_pb2.ControlMessage(assignment=fleet_pb2.SignedAssignment(envelope=record.envelope))
 
 
 class Assigner:
@@ -50,5 +45,5 @@ class Assigner:
         for record in records:
             conn = self.connections.get(record.host_id)
             if conn is not None:
-                conn.send(assignment_message(record))
+                conn.send_assignment(record)  # once per stream, whoever else finds it
         return records

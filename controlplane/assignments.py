@@ -19,18 +19,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.fleet.assignment import ASSIGNMENT_PAYLOAD_TYPE, Assignment, verify_assignment
 from controlplane.keys import sign
-from controlplane.storage.base import Signer
+from controlplane.storage.base import Signable, Signer
 
 PAYLOAD_TYPE = ASSIGNMENT_PAYLOAD_TYPE
 
 
 def make_signer(key: Ed25519PrivateKey) -> Signer:
-    """A function from an assignment to its signed envelope (JSON bytes, as sent on the wire)."""
+    """A function from a :class:`Signable` (an assignment, or an approval decision from
+    ``controlplane.approvals``) to its signed envelope (JSON bytes, as sent on the wire). The
+    envelope, payload type included, is the signable's own: the signature covers the type, so an
+    agent never takes one kind for the other."""
 
-    def sign_assignment(assignment: Assignment) -> bytes:
-        return sign(assignment.envelope(), key).to_json()
+    def sign_online(item: Signable) -> bytes:
+        return sign(item.envelope(), key).to_json()
 
-    return sign_assignment
+    return sign_online
 
 
-__all__ = ["PAYLOAD_TYPE", "Assignment", "make_signer", "verify_assignment"]
+__all__ = ["PAYLOAD_TYPE", "Assignment", "Signable", "make_signer", "verify_assignment"]

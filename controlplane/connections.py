@@ -5,6 +5,11 @@ Each ``Fleet.Connect`` stream registers a :class:`Connection`; anything that mus
 Queues are per connection, so a slow agent never delays another. A host that connects again
 (a reconnect racing the old stream's teardown, or two agents misconfigured with one host id)
 replaces the older stream, which is told to close: one host, one stream.
+
+Each stream also remembers the highest assignment sequence it carried (or the agent said in its
+Hello that it holds). Several senders may find the same assignment: the assigner right after
+issuing it, and every replica's delivery pass that reads it back from storage. Each sequence goes
+out at most once per stream; only an explicit retry (the agent did not consume it) repeats one.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from controlplane.selectors import matches
+from controlplane.storage.base import AssignmentRecord
 from stanch.v1 import fleet_pb2
 
 MAX_QUEUED = 10_000
@@ -30,6 +36,22 @@ class Connection:
         default_factory=lambda: asyncio.Queue(MAX_QUEUED)
     )
     closed: bool = False
+    sent_seq: int = 0
+    """The highest assignment sequence sent on this stream, or held by the agent (Hello)."""
+
+    def send_assignment(self, record: AssignmentRecord, *, again: bool = False) -> bool:
+        """Queue ``record`` unless this stream already carried its sequence or a higher one;
+        ``again`` repeats one the agent reported it did not consume (a retryable failure).
+        True when queued."""
+        if record.seq <= self.sent_seq and not again:
+            return False
+        message = fleet_pb2.ControlMessage(
+            assignment=fleet_pb2.SignedAssignment(envelope=record.envelope)
+        )
+        if not self.send(message):
+            return False
+        self.sent_seq = max(self.sent_seq, record.seq)
+        return True
 
     def send(self, message: fleet_pb2.ControlMessage) -> bool:
         """Queue ``message``; False when the stream is closed or hopelessly behind."""
@@ -56,12 +78,19 @@ class Connections:
         self._by_host: dict[str, Connection] = {}
 
     def open(
-        self, host_id: str, labels: Mapping[str, str], peer: str = "", agent_version: str = ""
+        self,
+        host_id: str,
+        labels: Mapping[str, str],
+        peer: str = "",
+        agent_version: str = "",
+        held_seq: int = 0,
     ) -> Connection:
+        """Register a new stream; ``held_seq`` is the highest assignment sequence the agent
+        accepted (its Hello): nothing at or below it is sent."""
         old = self._by_host.get(host_id)
         if old is not None:
             old.close()
-        conn = Connection(host_id, dict(labels), peer, agent_version)
+        conn = Connection(host_id, dict(labels), peer, agent_version, sent_seq=held_seq)
         self._by_host[host_id] = conn
         return conn
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.bundle.manifest import ManifestError, parse_time
 from agent.duration import format_duration, parse_duration
+from controlplane import pki_cli
 from controlplane.admin_client import AdminClient, add_connection_args
 from controlplane.errors import InvalidRequest
 from controlplane.output import add_output_arg, ago, emit, labels_text, message_dict, stamp, table
@@ -29,6 +30,8 @@ def register(subparsers: Any) -> None:
     listing.add_argument("-l", "--selector", action="append", help="e.g. env=prod,role=web")
     _common(listing)
     listing.set_defaults(func=cmd_agents)
+    pki_cli.add_revoke(agent_cmds)
+    pki_cli.add_unrevoke(agent_cmds)
 
     reports = subparsers.add_parser("reports", help="what the agents did")
     report_cmds = reports.add_subparsers(dest="reports_command", required=True, metavar="COMMAND")

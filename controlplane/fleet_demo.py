@@ -1,13 +1,19 @@
 """The full loop on one machine: ``python -m controlplane.fleet_demo`` (for ``make demo``).
 
-1. start the control plane on SQLite (a real ``stanch-cp`` process);
-2. start several agents as separate processes, each with its own state dir and labels;
+1. start the control plane on SQLite (a real ``stanch-cp`` process), serving mTLS with a fleet CA
+   made by ``opsctl pki init``; opsctl uses an admin operator certificate;
+2. start several agents as separate processes, each with its own state dir and labels, each
+   enrolling with its own single-use token (``opsctl pki token``) and connecting with mTLS;
 3. generate an operator key, build and sign a bundle with ``opsctl``, publish it;
 4. roll it out in waves and watch them (``opsctl rollout policy --watch``);
 5. inject a fault on one host (its heartbeat file goes stale): the agent fixes it, and the
    remediation shows up centrally in ``opsctl reports list``, ``explain`` and ``pareto``;
 6. roll out a deliberately bad bundle (its remediation fails everywhere): it is halted at the
    canary by the failure-rate gate and the canary is rolled back, automatically.
+
+The web console is on (``--console-listen``, port ``$STANCH_DEMO_CONSOLE`` or any free one): its
+URL and an operator token minted for the demo are printed first, so every step can be watched in
+a browser too; ``STANCH_DEMO_KEEP=1`` keeps the fleet running at the end until Ctrl-C.
 
 Every step is an operator command an SRE would type; nothing is faked. Work files go to
 ``$STANCH_DEMO_DIR`` (default ``demo-state/fleet``).
@@ -18,8 +24,8 @@ run the same processes with more hosts, kill the control plane and restart it on
 
 from __future__ import annotations
 
+import contextlib
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -28,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 
@@ -65,6 +71,9 @@ class Demo:
     """Raised when a wait runs out or a ``must`` command fails (tests raise AssertionError)."""
     cp_flags: tuple[str, ...] = ("--tick", "200ms", "--presence-interval", "1s")
     agent_log_level = "warning"
+    tls = False
+    """mTLS with enrollment: a fleet CA (``opsctl pki init``), an admin operator certificate for
+    opsctl, and a single-use token per agent. ``main`` turns it on; the e2e harness runs plain."""
 
     def __init__(self, work: Path, hosts: Sequence[tuple[str, str]] = HOSTS) -> None:
         self.work = work
@@ -74,6 +83,7 @@ class Demo:
         self.cp: subprocess.Popen[bytes] | None = None
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.addr = ""
+        self.enroll_addr = ""
         self.faulty: set[str] = set()
         self.stopped = threading.Event()
 
@@ -104,6 +114,16 @@ class Demo:
     def start_control_plane(self) -> None:
         self.opsctl("keys", "generate", str(self.work / "cp" / "assign"), show=False, must=True)
         self.opsctl("keys", "generate", str(self.work / "keys" / "release-1"), must=True)
+        if self.tls:
+            pki = self.work / "pki"
+            self.opsctl("pki", "init", "--dir", str(pki), must=True)
+            self.opsctl(
+                "pki", "issue-operator", "demo-admin", "--role", "admin", "--dir", str(pki),
+                must=True,
+            )  # fmt: skip
+            self.env["STANCH_CA"] = str(pki / "ca.crt")
+            self.env["STANCH_CERT"] = str(pki / "demo-admin.crt")
+            self.env["STANCH_KEY"] = str(pki / "demo-admin.key")
         print(self.spawn_control_plane())
 
     def spawn_control_plane(self, listen: str = "127.0.0.1:0") -> str:
@@ -114,7 +134,11 @@ class Demo:
                 sys.executable,
                 "-m",
                 "controlplane.server",
-                "--insecure",
+                *(
+                    ("--pki-dir", str(self.work / "pki"), "--enroll-listen", "127.0.0.1:0")
+                    if self.tls
+                    else ("--insecure",)
+                ),
                 "--db",
                 str(self.work / "cp.db"),
                 "--listen",
@@ -134,13 +158,45 @@ class Demo:
         self.procs.append(proc)
         self.cp = proc
         assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], 30)
-        line = proc.stdout.readline().decode() if ready else ""
+        line = read_line(proc, 30)
         if "listening on" not in line:
             proc.kill()
             raise self.Failure(f"demo: the control plane did not start; see {self.work}/cp.log")
         self.addr = line.split()[-1]
+        if self.tls:
+            enroll = read_line(proc, 30)
+            if "enrollment on" not in enroll:
+                raise self.Failure(f"demo: no enrollment port; see {self.work}/cp.log")
+            self.enroll_addr = enroll.split()[-1]
+            line += enroll
         return line.strip()
+
+    def open_console(self) -> tuple[str, str]:
+        """With ``--console-listen`` in ``cp_flags``: the console's URL (``stanch-cp`` prints it
+        after "listening on") and an operator token to log in with, minted offline as an operator
+        bootstraps one. Tokens end the insecure dev mode, so opsctl gets an admin token too."""
+        assert self.cp is not None
+        line = read_line(self.cp, 30)
+        if "console on" not in line:
+            raise self.Failure(f"demo: the console did not start; see {self.work}/cp.log")
+        self.env["STANCH_TOKEN"] = self.mint_token("demo-admin", "admin")
+        if not self.tls:
+            self.env["STANCH_INSECURE"] = "1"  # loopback plaintext is the demo's choice
+        return line.split()[-1], self.mint_token("demo-operator", "operator")
+
+    def mint_token(self, name: str, role: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "controlplane.server", "tokens", "create", "--db"]
+            + [str(self.work / "cp.db"), "--name", name, "--role", role],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        if done.returncode != 0:
+            raise self.Failure(f"demo: stanch-cp tokens create: {done.stderr.strip()}")
+        return done.stdout.strip()
 
     def start_agents(self) -> None:
         (self.work / "assignment-keys").mkdir()
@@ -161,13 +217,26 @@ class Demo:
         home = self.work / host
         (home / "var" / "run").mkdir(parents=True, exist_ok=True)
         (home / "var" / "run" / "app.heartbeat").touch()
+        transport: dict[str, Any] = {"insecure": True}
+        if self.tls:  # a single-use token for this host; the agent makes its key and enrolls
+            token = self.opsctl("pki", "token", "--host", host, "--valid", "10m", show=False)
+            if token.returncode != 0:
+                raise self.Failure(f"demo: opsctl pki token: {token.stderr.strip()}")
+            (home / "enroll-token").write_text(token.stdout.strip() + "\n")
+            transport = {
+                "tls": {
+                    "ca": self.env["STANCH_CA"],
+                    "enroll_token_file": str(home / "enroll-token"),
+                    "enroll_address": self.enroll_addr,
+                }
+            }
         config = {
             "host": {"id": host, "labels": {"env": "demo", "role": role}},
             "policy_source": "bundle",
             "state_dir": str(home / "state"),
             "control_plane": {
                 "address": self.addr,
-                "insecure": True,
+                **transport,
                 "assignment_keys": str(self.work / "assignment-keys"),
                 "trust": str(self.work / "keys"),
                 "heartbeat": "1s",
@@ -266,6 +335,18 @@ class Demo:
                 proc.kill()
 
 
+def read_line(proc: subprocess.Popen[bytes], timeout: float) -> str:
+    """The process's next stdout line, or "" after ``timeout`` (a thread reads it: ``select``
+    misses a line already in the pipe's read buffer, after an earlier ``readline``)."""
+    assert proc.stdout is not None
+    stream = proc.stdout
+    box: list[bytes] = []
+    reader = threading.Thread(target=lambda: box.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return box[0].decode() if box else ""
+
+
 def wait_for(
     what: str,
     predicate: Callable[[], T],
@@ -287,10 +368,18 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     demo = Demo(work)
+    demo.tls = True
+    listen = os.environ.get("STANCH_DEMO_CONSOLE", "127.0.0.1:0")
+    demo.cp_flags = (*Demo.cp_flags, "--console-listen", listen)
     try:
-        demo.say("1. the control plane, on SQLite, and an operator signing key")
+        demo.say("1. the control plane (mTLS, a fleet CA), on SQLite, and an operator signing key")
         demo.start_control_plane()
-        demo.say(f"2. {len(HOSTS)} agents, each its own process, state dir and labels")
+        url, token = demo.open_console()
+        print(f"web console: {url}  (log in with this demo operator token: {token})")
+        demo.say(
+            f"2. {len(HOSTS)} agents, each its own process, state dir and labels; each enrolls "
+            "with a single-use token and connects with its own certificate"
+        )
         demo.start_agents()
         demo.say("3. build, sign and publish a bundle (the fix: touch the heartbeat)")
         good = demo.bundle(1, FIX)
@@ -337,6 +426,10 @@ def main() -> int:
         demo.opsctl("rollout", "status")
         demo.opsctl("agents", "list")
         demo.opsctl("escalations", "list")
+        if os.environ.get("STANCH_DEMO_KEEP"):
+            print(f"\nThe fleet keeps running for the console at {url}; Ctrl-C stops it.")
+            with contextlib.suppress(KeyboardInterrupt):
+                demo.stopped.wait()
         return 0 if watch.returncode == 1 else 1
     finally:
         demo.stop()

@@ -7,7 +7,8 @@ central pause that applies to it; then the rollout driver decides whether it joi
 then on a reader task handles what the agent sends while this handler writes what is queued for
 it. Reports are acked only after they are durable (group commit), so an agent deletes nothing the
 control plane could still lose. When the stream ends for any reason the host is marked
-disconnected, unless a newer stream for it has already taken over.
+disconnected, unless a newer stream for it has already taken over, here or on another replica
+(the stored ``replica`` names the stream's holder).
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from controlplane.assigner import assignment_message
+from controlplane import identity
+from controlplane.apply_commit import ApplyCommitter
 from controlplane.connections import Connection
 from controlplane.convert import health_dict
 from controlplane.plane import ControlPlane
-from controlplane.storage.base import AgentRecord, Report
+from controlplane.rollout_engine import RETRYABLE
+from controlplane.storage.base import AgentRecord, ApplyResult, Report
 from stanch.v1 import fleet_pb2, fleet_pb2_grpc
 
 log = logging.getLogger("stanch.cp.fleet")
@@ -35,6 +38,7 @@ Context = grpc.aio.ServicerContext[fleet_pb2.AgentMessage, fleet_pb2.ControlMess
 class FleetService(fleet_pb2_grpc.FleetServicer):
     def __init__(self, plane: ControlPlane) -> None:
         self.plane = plane
+        self.applies = ApplyCommitter(plane.store)
 
     async def Connect(  # noqa: N802 (the gRPC method name)
         self, request_iterator: AsyncIterator[fleet_pb2.AgentMessage], context: Context
@@ -43,7 +47,11 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         plane = self.plane
         now = plane.clock.now()
         conn = plane.connections.open(
-            hello.host_id, dict(hello.labels), context.peer(), hello.agent_version
+            hello.host_id,
+            dict(hello.labels),
+            context.peer(),
+            hello.agent_version,
+            held_seq=hello.last_assignment_seq,
         )
         agent = AgentRecord(
             host_id=hello.host_id,
@@ -54,6 +62,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             last_seen=now,
             connected=True,
             last_assignment_seq=hello.last_assignment_seq,
+            replica=plane.settings.holder,
         )
         reader: asyncio.Task[None] | None = None
         try:
@@ -61,7 +70,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             log.info("agent %s connected from %s", hello.host_id, context.peer())
             current = await plane.store.run(plane.db.current_assignment, hello.host_id)
             if current is not None and current.seq > hello.last_assignment_seq:
-                conn.send(assignment_message(current))
+                conn.send_assignment(current)  # unless a delivery pass already sent it
             elif (
                 current is not None
                 and current.status == "pending"
@@ -87,13 +96,18 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                 reader.cancel()
             if plane.connections.release(conn):
                 await plane.store.run(
-                    plane.db.set_connected, hello.host_id, False, plane.clock.now()
+                    plane.db.set_connected,
+                    hello.host_id,
+                    False,
+                    plane.clock.now(),
+                    plane.settings.holder,
                 )
                 log.info("agent %s disconnected", hello.host_id)
 
     async def _hello(
         self, requests: AsyncIterator[fleet_pb2.AgentMessage], context: Context
     ) -> fleet_pb2.Hello:
+        await identity.refuse_strangers(context, "Connect")  # before waiting for anything
         try:
             first = await asyncio.wait_for(anext(requests), self.plane.settings.hello_timeout)
         except (StopAsyncIteration, TimeoutError):
@@ -103,6 +117,8 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "the first message on Connect must be Hello with a host_id",
             )
+        # With TLS, the Hello must name the host of the verified certificate (else refused).
+        await identity.admit(self.plane, context, first.hello.host_id, "Connect")
         return first.hello
 
     async def _read(
@@ -149,12 +165,20 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
     async def _record(
         self, host_id: str, seq: int, digest: str, applied: bool, reason: str, message: str
     ) -> None:
+        """Durable first (group commit with other agents' results), then acted upon."""
         plane = self.plane
-        now = plane.clock.now()
-        record = await plane.store.run(
-            plane.db.record_apply, host_id, seq, digest, applied, reason, now
+        result = ApplyResult(
+            host_id,
+            seq,
+            digest,
+            applied,
+            reason,
+            plane.clock.now(),
+            note=reason or message,
+            retryable=not applied and reason in RETRYABLE,
         )
-        if record is None:
+        done = await self.applies.submit(result)
+        if done is None:
             log.warning("agent %s: result for unknown assignment %d", host_id, seq)
             return
         level = logging.INFO if applied else logging.WARNING
@@ -164,11 +188,11 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             host_id,
             "applied" if applied else "rejected",
             seq,
-            record.bundle_digest[:12],
+            done.assignment.bundle_digest[:12],
             reason,
             message,
         )
-        await plane.engine.on_apply(record, applied, reason or message, now)
+        plane.engine.applied(done, applied)
 
     async def FetchBundle(  # noqa: N802 (the gRPC method name)
         self,
@@ -176,6 +200,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         context: grpc.aio.ServicerContext[fleet_pb2.FetchBundleRequest, fleet_pb2.BundleChunk],
     ) -> AsyncIterator[fleet_pb2.BundleChunk]:
         plane = self.plane
+        await identity.admit(plane, context, None, "FetchBundle")
         data = await plane.store.run(plane.db.bundle_data, request.digest)
         if data is None:
             await context.abort(

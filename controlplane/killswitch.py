@@ -4,7 +4,9 @@ A pause is stored first (so it survives a control-plane restart and reaches host
 later: every Hello is answered with the pauses that apply to it), then sent as ``FleetPause`` to
 every matching connected agent at once; a connected fleet stops within one message round trip.
 ``until`` is absolute wall-clock time, so an agent that loses the control plane still lifts the
-pause on time. The fleet storm breaker trips through here as well, as operator "storm-breaker".
+pause on time. The fleet storm breaker trips through here as well, as operator "storm-breaker";
+each trip is on the audit log as the control plane's own ``fleet.pause`` with the counts and the
+limits that tripped it (an operator's pause is audited as their call).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import logging
 from collections.abc import Mapping
 
 from agent.clock import Clock
+from controlplane.audit import AuditLog
+from controlplane.audit_system import record_automatic
 from controlplane.connections import Connection, Connections
 from controlplane.selectors import matches
 from controlplane.storage.base import PauseRecord
@@ -39,12 +43,14 @@ class KillSwitch:
         connections: Connections,
         clock: Clock,
         storm: StormBreaker | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.store = store
         self.db = store.storage
         self.connections = connections
         self.clock = clock
         self.storm = storm
+        self.audit = audit or AuditLog(store, clock)
 
     async def pause(
         self, policy: str, selector: Mapping[str, str], for_seconds: float, reason: str, by: str
@@ -99,14 +105,30 @@ class KillSwitch:
         if ALL in paused:
             return []
         trips = self.storm.check(len(self.connections), now, paused)
+        settings = self.storm.settings
         for trip in trips:
-            await self.pause(
-                trip.policy, {}, self.storm.settings.pause_for, trip.message, "storm-breaker"
+            record, reached = await self.pause(
+                trip.policy, {}, settings.pause_for, trip.message, "storm-breaker"
             )
             await self.store.run(
                 self.db.add_escalation, now, "storm-breaker", trip.policy, trip.message
             )
             log.error("%s", trip.message)
+            detail = {
+                "policy": trip.policy,
+                "scope": record.scope,
+                "hosts": trip.hosts,
+                "fleet": trip.fleet,
+                "fraction": settings.fraction,
+                "min_hosts": settings.min_hosts,
+                "window": settings.window,
+                "for": settings.pause_for,
+                "until": record.until,
+                "reached": reached,
+                "reason": trip.message,
+            }
+            target = f"policy={trip.policy}"
+            await record_automatic(self.audit, "fleet.pause", target, "storm-breaker", detail)
         return trips
 
     @staticmethod

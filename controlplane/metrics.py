@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
 from collections import Counter as Tally
@@ -45,6 +44,7 @@ from prometheus_client.registry import Collector
 
 from agent import __version__
 from controlplane.gates import GATES, GateMode, GateResult
+from controlplane.grpc_wrap import rewrap
 from controlplane.instrumentation import ISSUE_KINDS
 from controlplane.rollouts import ABORTED, ACTIVE, COMPLETED, PAUSED, ROLLED_BACK, RUNNING
 from controlplane.storage.base import PauseRecord, RolloutRecord, Storage
@@ -270,29 +270,13 @@ class RpcMetrics(grpc.aio.ServerInterceptor):
         return self._wrap(handler, service or "unknown", method)
 
     def _wrap(self, handler: Handler[Q, R], service: str, method: str) -> Handler[Q, R]:
-        rpc_type = _rpc_type(handler)
-        labels = (service, method, rpc_type)
-        ser, de = handler.response_serializer, handler.request_deserializer
-        behavior: Any
-        make: Callable[..., Handler[Any, Any]]
-        if handler.unary_unary is not None:
-            behavior, make = handler.unary_unary, grpc.unary_unary_rpc_method_handler
-        elif handler.unary_stream is not None:
-            behavior, make = handler.unary_stream, grpc.unary_stream_rpc_method_handler
-        elif handler.stream_unary is not None:
-            behavior, make = handler.stream_unary, grpc.stream_unary_rpc_method_handler
-        elif handler.stream_stream is not None:
-            behavior, make = handler.stream_stream, grpc.stream_stream_rpc_method_handler
-        else:
-            return handler
-        if inspect.isasyncgenfunction(behavior):
-            timed: Any = self._timed_stream(behavior, labels)
-        elif inspect.iscoroutinefunction(behavior):
-            timed = self._timed_call(behavior, labels)
-        else:
-            return handler  # a sync handler runs in grpc's thread pool; ours are all async
-        wrapped: Handler[Q, R] = make(timed, request_deserializer=de, response_serializer=ser)
-        return wrapped
+        labels = (service, method, _rpc_type(handler))
+        # A sync handler runs in grpc's thread pool; ours are all async, so it stays untimed.
+        return rewrap(
+            handler,
+            lambda behavior, unary: self._timed_stream(behavior, labels),
+            lambda behavior, unary: self._timed_call(behavior, labels),
+        )
 
     def _timed_call(
         self,

@@ -15,7 +15,17 @@ from typing import Any
 
 from agent.bundle.rejection import BundleRejected
 from agent.errors import StanchError
-from controlplane import bundle_cli, fleet_cli, pause_cli, rollout_cli, trust_cli
+from controlplane import (
+    approvals_cli,
+    audit_cli,
+    bundle_cli,
+    fleet_cli,
+    pause_cli,
+    pki_cli,
+    rollout_cli,
+    token_cli,
+    trust_cli,
+)
 from controlplane.admin_client import ApiError
 
 GROUPS: tuple[Callable[[Any], None], ...] = (
@@ -24,6 +34,10 @@ GROUPS: tuple[Callable[[Any], None], ...] = (
     rollout_cli.register,
     fleet_cli.register,
     pause_cli.register,
+    pki_cli.register,
+    approvals_cli.register,
+    token_cli.register,
+    audit_cli.register,
 )
 
 

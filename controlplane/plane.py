@@ -1,9 +1,10 @@
 """``ControlPlane``: the parts wired together, and the background tasks that keep them moving.
 
-Lifecycle: construct (nothing runs), ``start()`` (marks every stored agent disconnected, since no
-stream survives a restart, then starts the report writer, the presence flusher, the rollout
-driver and the storm check), serve, ``stop()`` (ends every agent stream, flushes presence, closes
-storage). The gRPC servicers hold a ``ControlPlane`` and only delegate to its parts.
+Lifecycle: construct (nothing runs), ``start()`` (marks the agents that streamed to this replica
+disconnected, since no stream survives a restart, leaving other replicas' agents alone; then
+starts the report writer, the presence flusher, the rollout driver and the storm check), serve,
+``stop()`` (ends every agent stream, flushes presence, marks this replica's agents disconnected,
+closes storage). The gRPC servicers hold a ``ControlPlane`` and only delegate to its parts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 from agent.bundle.trust import TrustStore
 from agent.clock import Clock
 from controlplane.assigner import Assigner
+from controlplane.audit import AuditLog
+from controlplane.auth import Authenticator
 from controlplane.connections import Connections
 from controlplane.ingest import Presence, ReportIngestor
 from controlplane.instrumentation import Instruments, NoMetrics
@@ -43,7 +46,8 @@ class Settings:
     storm_interval: float = 1.0
     hello_timeout: float = 10.0
     holder: str = "local"
-    """This replica's name for the rollout-driver lease."""
+    """This replica's name (``--replica-id``): the rollout-driver lease's holder, and the
+    ``replica`` of the agents streaming here."""
     report_retention: float = 90 * 86400.0
     """Reports older than this are deleted (hourly): the store stays bounded."""
 
@@ -67,7 +71,11 @@ class ControlPlane:
         self.connections = Connections()
         self.presence = Presence(self.store, s.presence_interval, metrics=m)
         self.storm = StormBreaker(s.storm)
-        self.killswitch = KillSwitch(self.store, self.connections, clock, self.storm)
+        self.auth = Authenticator(self.store, clock)
+        self.audit = AuditLog(self.store, clock)
+        self.killswitch = KillSwitch(
+            self.store, self.connections, clock, self.storm, audit=self.audit
+        )
         self.assigner = Assigner(self.store, self.connections, signer, clock, metrics=m)
         self.engine = RolloutEngine(
             self.store,
@@ -78,12 +86,13 @@ class ControlPlane:
             holder=s.holder,
             tick=s.tick,
             metrics=m,
+            audit=self.audit,
         )
         self.ingestor = ReportIngestor(self.store, on_commit=self.on_reports, metrics=m)
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        await self.store.run(self.db.disconnect_all)
+        await self.store.run(self.db.disconnect_all, self.settings.holder)
         self._spawn(self.ingestor.run(), "report-writer")
         self._spawn(self.presence.run(), "presence")
         self._spawn(self.engine.run(), "rollouts")
@@ -113,7 +122,7 @@ class ControlPlane:
                 await task
         with contextlib.suppress(Exception):
             await self.presence.flush()
-            await self.store.run(self.db.disconnect_all)  # every stream just ended
+            await self.store.run(self.db.disconnect_all, self.settings.holder)  # ours all ended
         await asyncio.get_running_loop().run_in_executor(None, self.store.close)
 
     def on_reports(self, reports: Sequence[Report]) -> None:

@@ -16,7 +16,9 @@ from agent.clock import SystemClock
 from agent.duration import parse_duration
 from agent.errors import StanchError
 from agent.instrumentation import split_listen
+from controlplane import transport
 from controlplane.assignments import make_signer
+from controlplane.errors import ControlPlaneError
 from controlplane.instrumentation import Instruments
 from controlplane.keys import load_private_key
 from controlplane.plane import ControlPlane, Settings
@@ -48,9 +50,18 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stanch-cp", description="Stanch control plane: fleet channel, rollouts, reports."
     )
-    p.add_argument("--db", required=True, help="SQLite file (created on first start)")
+    p.add_argument(
+        "--db",
+        required=True,
+        help="SQLite file (created on first start), or a postgresql:// URL shared by replicas",
+    )
     p.add_argument("--listen", default="127.0.0.1:7443", help="HOST:PORT (port 0: any free)")
-    p.add_argument("--insecure", action="store_true", help="serve plaintext (no TLS yet)")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve plaintext, host ids on the agents' word (development only; warns)",
+    )
+    transport.add_arguments(p)
     p.add_argument(
         "--assignment-key", required=True, help="the control plane's online Ed25519 key (.key)"
     )
@@ -61,7 +72,10 @@ def parser() -> argparse.ArgumentParser:
         "--admin-token-env",
         default="STANCH_ADMIN_TOKEN",
         metavar="VAR",
-        help="require this token from opsctl (default: $STANCH_ADMIN_TOKEN, if set)",
+        help=(
+            "DEPRECATED: one shared admin token from this variable (default $STANCH_ADMIN_TOKEN, "
+            "if set); create per-person tokens with 'stanch-cp tokens create' instead"
+        ),
     )
     p.add_argument("--lost-after", type=_duration, default=60.0, help="silence = lost (60s)")
     p.add_argument("--apply-timeout", type=_duration, default=300.0, help="(5m)")
@@ -79,6 +93,13 @@ def parser() -> argparse.ArgumentParser:
         type=_listen,
         metavar="HOST:PORT",
         help="serve Prometheus /metrics and /healthz here (off by default; e.g. 127.0.0.1:9465)",
+    )
+    p.add_argument(
+        "--console-listen",
+        type=_listen,
+        metavar="HOST:PORT",
+        help="serve the web console here (off by default; e.g. 127.0.0.1:8443; HTTPS with the "
+        "server certificate when TLS is on)",
     )
     p.add_argument("--replica-id", default=socket.gethostname(), help="rollout lease holder")
     p.add_argument("--log-level", default="info")
@@ -111,8 +132,10 @@ def build(
         holder=args.replica_id,
         report_retention=args.report_retention,
     )
-    plane = ControlPlane(
-        open_storage(args.db), trust, make_signer(key), SystemClock(), settings, metrics
-    )
+    try:
+        storage = open_storage(args.db)
+    except ControlPlaneError as exc:  # unreachable database, schema newer than this code
+        raise ConfigError(f"--db: {exc}") from None
+    plane = ControlPlane(storage, trust, make_signer(key), SystemClock(), settings, metrics)
     token = os.environ.get(args.admin_token_env) or None
     return plane, token

@@ -31,6 +31,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -40,8 +41,10 @@ from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig
 from agent.fleet import wire
 from agent.fleet.apply import FETCH_FAILED, Applier, FetchError
+from agent.fleet.approval import DecisionApplier
 from agent.fleet.backoff import Backoff
 from agent.fleet.config import ControlPlaneConfig
+from agent.fleet.enroll import EnrollError, Identity
 from agent.fleet.health import Health, LiveState, read_pointer, summarize
 from agent.fleet.outbox import Outbox
 from agent.fleet.pause import apply_pause, apply_resume
@@ -51,6 +54,7 @@ from agent.logs import log_event
 from agent.pauses import PauseFile
 from stanch.v1 import fleet_pb2 as pb
 from stanch.v1 import fleet_pb2_grpc as pb_grpc
+from stanch.v1 import pki_pb2, pki_pb2_grpc
 
 CONNECT_TIMEOUT = 10.0
 ACK_TIMEOUT = 60.0
@@ -59,6 +63,9 @@ WINDOW_BATCHES = 4
 POLL = 0.5
 """How often the reporter looks at the outbox when nothing woke it."""
 HEALTHY_SESSION = 10.0
+ENROLL_TIMEOUT = 30.0
+RENEW_RETRY = 60.0
+"""At most this long after a failed renewal (sooner as the certificate nears its expiry)."""
 """A session that lasted this long, or heard anything from the server, resets the backoff."""
 
 
@@ -122,8 +129,18 @@ class FleetClient:
             self.settings.reconnect.initial, self.settings.reconnect.maximum
         )
         self.applier = Applier(config, self.settings, journal, outbox, self.clock)
+        self.approvals = DecisionApplier.for_agent(
+            config.host_id, self.settings.assignment_keys, journal, outbox, self.clock
+        )
         self.pauses = PauseFile(config.pause_path)
         self.stats = ClientStats()
+        self.identity = (
+            Identity.of(self.settings, config.host_id, config.state_dir)
+            if self.settings.tls is not None
+            else None
+        )
+        """This host's certificate (enrolled, renewed); None in insecure mode."""
+        self._renewed = False
         self.connected = threading.Event()
         """Set while a stream is open (for tests and status)."""
         self._live = LiveState()
@@ -224,6 +241,9 @@ class FleetClient:
                 break
             if session.heard or time.monotonic() - started >= HEALTHY_SESSION:
                 self.backoff.reset()
+            if self._renewed:  # a new certificate: reconnect with it at once
+                self._renewed = False
+                continue
             delay = self.backoff.next()
             log_event("control_plane_reconnect", delay=round(delay, 2))
             with contextlib.suppress(TimeoutError):
@@ -231,7 +251,7 @@ class FleetClient:
 
     async def _run_session(self, session: _Session) -> None:
         address = self.settings.address
-        async with grpc.aio.insecure_channel(address, options=channel_options(self.settings)) as ch:
+        async with await self._channel() as ch:
             await _connect(ch, CONNECT_TIMEOUT)
             # The generated *_pb2_grpc.py carries no annotations (grpcio-tools writes no .pyi).
             stub = pb_grpc.FleetStub(ch)  # type: ignore[no-untyped-call]
@@ -252,6 +272,8 @@ class FleetClient:
                 asyncio.create_task(self._apply(stub, session, assignments), name="apply"),
                 asyncio.create_task(self._stop_event.wait(), name="stop"),
             ]
+            if self.identity is not None:
+                tasks.append(asyncio.create_task(self._renew(ch, self.identity), name="renew"))
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -262,6 +284,60 @@ class FleetClient:
             for task in done:
                 if task.get_name() != "stop" and (exc := task.exception()) is not None:
                     raise exc
+
+    async def _channel(self) -> grpc.aio.Channel:
+        """Plaintext in insecure mode; else mTLS with this host's certificate, enrolling
+        first when there is none (a failure ends this attempt; the backoff retries)."""
+        options: list[tuple[str, Any]] = list(channel_options(self.settings))
+        if self.identity is None:
+            return grpc.aio.insecure_channel(self.settings.address, options=options)
+        try:
+            await self.identity.ensure(self.clock.now(), self._enroll)
+            credentials = grpc.ssl_channel_credentials(*self.identity.material())
+        except EnrollError as exc:
+            raise SessionLost(str(exc)) from None
+        # A channel of its own (no subchannel shared with the previous session's): after a
+        # renewal the next session must handshake again, with the new certificate.
+        options += [*self.identity.options(), ("grpc.use_local_subchannel_pool", 1)]
+        return grpc.aio.secure_channel(self.settings.address, credentials, options=options)
+
+    async def _enroll(self, token: str, csr: bytes) -> bytes:
+        """``Enrollment.Enroll`` on the enrollment port (server-authenticated TLS: the control
+        plane is checked against the fleet CA before the token is sent)."""
+        identity = self.identity
+        assert identity is not None
+        ca, _, _ = identity.material(with_cert=False)
+        address = identity.enroll_address
+        request = pki_pb2.EnrollRequest(token=token, host_id=self.config.host_id, csr_pem=csr)
+        creds = grpc.ssl_channel_credentials(ca)
+        async with grpc.aio.secure_channel(address, creds, options=identity.options()) as ch:
+            stub = pki_pb2_grpc.EnrollmentStub(ch)  # type: ignore[no-untyped-call]
+            try:
+                answer = await stub.Enroll(request, timeout=ENROLL_TIMEOUT)
+            except grpc.aio.AioRpcError as exc:
+                raise EnrollError(f"enrollment at {address} failed: {_describe(exc)}") from None
+        return bytes(answer.certificate_pem)
+
+    async def _renew(self, channel: grpc.aio.Channel, identity: Identity) -> None:
+        """Sleep until the certificate is due for renewal, renew it over ``channel``, and
+        return: the session then ends and the next one connects with the new certificate."""
+        stub = pki_pb2_grpc.EnrollmentStub(channel)  # type: ignore[no-untyped-call]
+
+        async def call(csr: bytes) -> bytes:
+            answer = await stub.Renew(pki_pb2.RenewRequest(csr_pem=csr), timeout=ENROLL_TIMEOUT)
+            return bytes(answer.certificate_pem)
+
+        while True:
+            await asyncio.sleep(identity.renew_delay(self.clock.now()))
+            try:
+                await identity.renew(call)
+            except (grpc.aio.AioRpcError, OSError, ValueError) as exc:
+                log_event("certificate_renewal_failed", logging.WARNING, error=_describe(exc))
+                left = identity.window().not_after - self.clock.now()
+                await asyncio.sleep(min(RENEW_RETRY, max(1.0, left / 4)))
+                continue
+            self._renewed = True
+            return
 
     def _hello(self) -> pb.AgentMessage:
         return wire.hello(
@@ -293,6 +369,9 @@ class FleetClient:
             elif kind == "assignment":
                 self.stats.assignments += 1
                 await assignments.put(message.assignment.envelope)
+            elif kind == "approval_decision":  # signed; checked in agent.fleet.approval
+                envelope = message.approval_decision.envelope
+                await asyncio.to_thread(self.approvals.apply, envelope)
             elif kind in ("pause", "resume"):
                 await asyncio.to_thread(self._pause, message)
         raise SessionLost("the control plane closed the stream")
@@ -331,6 +410,7 @@ class FleetClient:
                 raise SessionLost(f"no ack for {len(session.inflight)} reports in {ACK_TIMEOUT:g}s")
             room = min(batch, window - len(session.inflight))
             if room > 0:
+                await asyncio.to_thread(self.approvals.scan)  # approval changes -> outbox
                 rows = await asyncio.to_thread(self.outbox.pending, sent_upto, room)
                 if rows:
                     now = time.monotonic()
@@ -340,8 +420,13 @@ class FleetClient:
                     self.stats.reports_sent += len(rows)
                     continue
             session.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(session.wake.wait(), POLL)
+            # Not asyncio.wait_for: on 3.11 it swallows a cancellation that lands as the event
+            # fires (python/cpython#86296), and this task then outlives its session forever.
+            waiter = asyncio.ensure_future(session.wake.wait())
+            try:
+                await asyncio.wait({waiter}, timeout=POLL)
+            finally:
+                waiter.cancel()
 
     async def _apply(
         self, stub: pb_grpc.FleetStub, session: _Session, assignments: asyncio.Queue[bytes]

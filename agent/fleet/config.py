@@ -4,7 +4,12 @@
 
     control_plane:
       address: cp.example.com:7443
-      insecure: true            # plaintext; for a lab only until mTLS lands
+      tls:                      # mTLS (the default); or `insecure: true` for plaintext in a lab
+        ca: /etc/stanch/ca.crt                    # the fleet CA (opsctl pki init)
+        enroll_token_file: /etc/stanch/enroll-token  # first start only; deleted once used
+        # enroll_address: cp.example.com:7444    # default: address, port + 1
+        # cert/key: default <state_dir>/tls/agent.crt and agent.key (renewed in place)
+        # server_name: cp.example.com            # when address is not the certificate's name
       assignment_keys: /etc/stanch/assignment-keys   # *.pub: the control plane's online key(s)
       trust: /etc/stanch/trust                       # bundle keys: *.pub or root.json
       trust_threshold: 2        # optional; a root.json carries its own
@@ -17,6 +22,10 @@ Two trust anchors on purpose: the *assignment* keys say which bundle a host shou
 which order (an online key, rotated by the control plane's operators); the *bundle* keys say what
 a bundle may contain (offline operator keys). A stolen online key can only point hosts at bundles
 that operators already signed.
+
+Transport: with ``tls`` the agent enrolls once (a single-use token and a CSR for a key made on
+the host, ``agent.fleet.enroll``), then connects with its client certificate and renews it before
+it expires. ``insecure: true`` is plaintext, and the agent warns on every start.
 """
 
 from __future__ import annotations
@@ -36,6 +45,19 @@ class Reconnect:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    ca: Path
+    """The fleet CA certificate: the control plane's server certificate must chain to it."""
+    cert: Path | None = None
+    key: Path | None = None
+    """Default: ``<state_dir>/tls/agent.crt`` and ``agent.key``."""
+    enroll_token_file: Path | None = None
+    enroll_address: str | None = None
+    """Default: the control plane's address with the port plus one."""
+    server_name: str | None = None
+
+
+@dataclass(frozen=True)
 class ControlPlaneConfig:
     address: str
     """``host:port`` of the control plane's Fleet service."""
@@ -52,6 +74,8 @@ class ControlPlaneConfig:
     keepalive: float = 30.0
     """Seconds between HTTP/2 pings on an idle connection (a dead peer is noticed in
     ``keepalive`` + 10 s). At least 10 s: servers refuse more frequent pings (GOAWAY)."""
+    tls: TlsConfig | None = None
+    """None only with ``insecure``."""
 
 
 def parse_control_plane(f: Fields) -> ControlPlaneConfig | None:
@@ -65,12 +89,15 @@ def parse_control_plane(f: Fields) -> ControlPlaneConfig | None:
     if isinstance(address, str) and not _valid_address(address):
         cp.error("address", f"expected host:port, got {address!r}")
     insecure = cp.boolean("insecure", False)
-    if insecure is False:
+    tls = _tls(cp.section("tls")) if cp.has("tls") else None
+    if insecure is False and tls is None and not cp.has("tls"):
         cp.error(
             "insecure",
-            "mTLS to the control plane is not implemented yet; set insecure: true "
-            "(plaintext, for a lab or a trusted network only)",
+            "mTLS needs control_plane.tls (ca, and enroll_token_file or cert and key); or set "
+            "insecure: true (plaintext, for a lab or a trusted network only)",
         )
+    if insecure is True and cp.has("tls"):
+        cp.error("tls", "insecure: true turns TLS off; remove one of the two")
     keys = cp.string("assignment_keys")
     trust = cp.string("trust")
     threshold = cp.integer("trust_threshold", None, minimum=1)
@@ -98,6 +125,31 @@ def parse_control_plane(f: Fields) -> ControlPlaneConfig | None:
         report_batch=batch or 100,
         outbox_limit=limit or DEFAULT_OUTBOX_LIMIT,
         keepalive=keepalive or 30.0,
+        tls=None if insecure else tls,
+    )
+
+
+def _tls(t: Fields) -> TlsConfig | None:
+    ca = t.string("ca")
+    cert = t.string("cert", None)
+    key = t.string("key", None)
+    token = t.string("enroll_token_file", None)
+    enroll = t.string("enroll_address", None)
+    name = t.string("server_name", None)
+    t.done()
+    if (cert is None) != (key is None):
+        t.error("cert", "cert and key go together")
+    if isinstance(enroll, str) and not _valid_address(enroll):
+        t.error("enroll_address", f"expected host:port, got {enroll!r}")
+    if not isinstance(ca, str):
+        return None
+    return TlsConfig(
+        ca=Path(ca),
+        cert=Path(cert) if isinstance(cert, str) else None,
+        key=Path(key) if isinstance(key, str) else None,
+        enroll_token_file=Path(token) if isinstance(token, str) else None,
+        enroll_address=enroll if isinstance(enroll, str) else None,
+        server_name=name if isinstance(name, str) else None,
     )
 
 

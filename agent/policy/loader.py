@@ -32,6 +32,7 @@ from agent.policy.model import (
     Not,
     Policy,
     Rule,
+    RunAs,
     Severity,
     StateIs,
     Step,
@@ -56,6 +57,14 @@ OPS = {
     "!=": "!=",
     "ne": "!=",
 }
+ACCOUNT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?$")
+SECRET_SUFFIXES = ("_TOKEN", "_SECRET", "_PASSWORD", "_PASSWD", "_KEY", "_CREDENTIALS")
+SECRET_NAMES = frozenset({"TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "API_KEY"})
+SINK_SECRET_KEYS = ("url", "webhook", "routing_key", "token", "secret", "password", "headers")
+SECRETS_ELSEWHERE = (
+    "policies and bundles are signed once, copied to every host and kept by the control plane, "
+    "so a secret here is readable by everyone who can read a rollout"
+)
 DAYS = {"mon": 0, "tue": 1, "wed": 2, "thu": 3, "fri": 4, "sat": 5, "sun": 6}
 MIN_INTERVAL = 1.0
 
@@ -67,8 +76,13 @@ class LoadResult:
     failed_files: set[str] = field(default_factory=set)
 
 
-def load_dir(directory: str | Path) -> LoadResult:
-    """Load every ``*.yaml``/``*.yml`` file in ``directory`` (sorted, not recursive)."""
+def load_dir(directory: str | Path, host_accounts: bool = False) -> LoadResult:
+    """Load every ``*.yaml``/``*.yml`` file in ``directory`` (sorted, not recursive).
+
+    ``host_accounts``: also resolve every ``run_as`` on this host (``agent.runas``), so a user
+    that does not exist here, or an agent that is not root, is a load error of that file. The
+    agent loading the policies it will run sets it; bundle builds and reviews, which run on
+    machines without the fleet's accounts, do not."""
     root = Path(directory)
     result = LoadResult()
     if not root.is_dir():
@@ -82,6 +96,14 @@ def load_dir(directory: str | Path) -> LoadResult:
         if errors:
             result.failed_files.add(str(path))
     _check_unique_names(result)
+    if host_accounts:
+        from agent.runas import check_policies
+
+        good, errors = check_policies(result.policies)
+        result.errors.extend(errors)
+        result.failed_files.update(e.file for e in errors)
+        # As for any other error: a file with one bad policy runs none of them.
+        result.policies = [p for p in good if p.source not in result.failed_files]
     return result
 
 
@@ -106,15 +128,26 @@ def load_text(text: str, file: str) -> tuple[list[Policy], list[FieldError]]:
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         return [], [FieldError(file, where, f"invalid YAML: {problem}")]
+    except (ValueError, OverflowError, LookupError, AttributeError, TypeError) as exc:
+        # PyYAML's constructors raise these, not YAMLError, for an explicit tag whose value does
+        # not convert (``!!int 0x1Fz`` ValueError, ``!!bool maybe`` KeyError, ``!!timestamp x``
+        # AttributeError from a failed match): found by tests/fuzz. Only PyYAML runs in this try.
+        problem = "a value with an explicit tag (!!int, !!bool, !!timestamp ...) does not convert"
+        return [], [FieldError(file, "", f"invalid YAML: {problem} ({type(exc).__name__}: {exc})")]
+    except RecursionError:
+        return [], [FieldError(file, "", "invalid YAML: nested too deeply")]
     if not docs:
         return [], [FieldError(file, "", "no policy documents in file")]
     sink = ErrorSink(file)
     policies = []
-    for index, doc in enumerate(docs):
-        prefix = f"[{index}]" if len(docs) > 1 else ""
-        policy = parse_policy(doc, file, sink, prefix)
-        if policy is not None:
-            policies.append(policy)
+    try:
+        for index, doc in enumerate(docs):
+            prefix = f"[{index}]" if len(docs) > 1 else ""
+            policy = parse_policy(doc, file, sink, prefix)
+            if policy is not None:
+                policies.append(policy)
+    except RecursionError:  # ``when: &w {all: [*w]}``: a condition that contains itself
+        return [], [FieldError(file, "", "nested too deeply (a YAML alias that contains itself?)")]
     if sink.errors:
         return [], sink.errors
     return policies, []
@@ -139,6 +172,7 @@ def parse_policy(doc: Any, file: str, sink: ErrorSink, prefix: str = "") -> Poli
     meta.done()
 
     spec = top.section("spec", required=True)
+    _no_sinks_in_policy(spec)
     selector = _selector(spec.section("selector"))
     severity = spec.choice("severity", {s.value: s for s in Severity}, "warning")
     runbook = spec.string("runbook", "")
@@ -346,14 +380,19 @@ def _condition(
 
 
 def _remediation(f: Fields, checks: dict[str, CheckSpec]) -> list[Step]:
-    steps = f.items("steps", lambda item, path: _step(item, path, f.sink, checks), required=True)
+    default = _run_as(f) if f.ok else None
+    steps = f.items(
+        "steps", lambda item, path: _step(item, path, f.sink, checks, default), required=True
+    )
     if f.ok and f.has("steps") and not steps and not f.sink.errors:
         f.error("steps", "needs at least one step")
     f.done()
     return steps
 
 
-def _step(raw: Any, path: str, sink: ErrorSink, checks: dict[str, CheckSpec]) -> Step | None:
+def _step(
+    raw: Any, path: str, sink: ErrorSink, checks: dict[str, CheckSpec], default: RunAs | None
+) -> Step | None:
     f = Fields(raw, path, sink)
     if not f.ok:
         return None
@@ -362,8 +401,16 @@ def _step(raw: Any, path: str, sink: ErrorSink, checks: dict[str, CheckSpec]) ->
     run = f.get("run")
     timeout = f.duration("timeout", "30s", minimum=0.1)
     env = f.str_map("env")
+    for var in env:
+        if var.upper() in SECRET_NAMES or var.upper().endswith(SECRET_SUFFIXES):
+            sink.add(
+                join(f.at("env"), var),
+                f"looks like a secret; {SECRETS_ELSEWHERE}. Keep it in a root-only file on "
+                f"the host and pass its path instead, e.g. {var}_FILE: /etc/stanch/secrets/...",
+            )
     cwd = f.string("cwd", None)
     keep_going = f.boolean("continue_on_error", False)
+    run_as = _run_as(f) if f.has("run_as") else default
     f.done()
     argv: tuple[str, ...] = ()
     if shell:
@@ -391,7 +438,49 @@ def _step(raw: Any, path: str, sink: ErrorSink, checks: dict[str, CheckSpec]) ->
         f.error("cwd", "must be an absolute path")
     if not argv or not isinstance(name, str):
         return None
-    return Step(name, argv, bool(shell), timeout, tuple(sorted(env.items())), cwd, keep_going)
+    return Step(
+        name, argv, bool(shell), timeout, tuple(sorted(env.items())), cwd, keep_going, run_as
+    )
+
+
+def _run_as(f: Fields) -> RunAs | None:
+    """``run_as: user``, ``run_as: user:group`` or ``run_as: {user: u, group: g}``. Only the
+    syntax is checked here; the host resolves the names (``agent.runas``), because bundles are
+    built and reviewed on machines that do not have the fleet's accounts."""
+    raw = f.get("run_as", None)
+    path = f.at("run_as")
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        user, _, group = raw.partition(":")
+        given: str | None = group if ":" in raw else None
+    elif isinstance(raw, dict):
+        r = Fields(raw, path, f.sink)
+        user, given = r.string("user", None) or "", r.string("group", None)
+        r.done()
+    else:
+        f.error("run_as", "expected a user name, 'user:group' or {user: ..., group: ...}")
+        return None
+    bad = [n for n in (user, given) if n is not None and not ACCOUNT_RE.match(n)]
+    if bad or not user:
+        f.error(
+            "run_as",
+            f"{bad[0] if bad else user!r} is not a user or group name "
+            "(letters, digits, '_', '.', '-'; or a numeric id)",
+        )
+        return None
+    return RunAs(user, given, path)
+
+
+def _no_sinks_in_policy(spec: Fields) -> None:
+    for key in ("sinks", "notify", "notifications"):
+        if spec.has(key):
+            spec.get(key)  # Reported here, with what to do, rather than as an unknown key.
+            spec.error(
+                key,
+                f"sinks are configured in the agent config (sinks:), never in a policy: "
+                f"{SECRETS_ELSEWHERE}. Name a configured sink under spec.escalation.sinks",
+            )
 
 
 def _check_template(arg: str, path: str, sink: ErrorSink, checks: dict[str, CheckSpec]) -> None:
@@ -499,6 +588,15 @@ def _minute_of_day(f: Fields, key: str) -> int | None:
 
 
 def _escalation(f: Fields) -> Escalation:
+    for key in list(f.raw):
+        if isinstance(key, str) and key.startswith(SINK_SECRET_KEYS):
+            f.get(key)  # Reported here, with what to do, rather than as an unknown key.
+            f.error(
+                key,
+                f"sink settings and their secrets (webhook URLs, routing keys, tokens) belong "
+                f"in the agent config, read from a *_file or *_env there; {SECRETS_ELSEWHERE}. "
+                "Here, name a configured sink: escalation.sinks: [pager]",
+            )
     e = Escalation(sinks=f.str_list("sinks", ()), repeat=f.duration("repeat", "1h", minimum=1))
     f.done()
     return e

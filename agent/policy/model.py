@@ -91,6 +91,18 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class RunAs:
+    """``run_as``: the account a step runs under, by name as written in the policy. The host
+    resolves it (``agent.runas``): the same bundle runs on hosts whose uids differ."""
+
+    user: str
+    group: str | None = None
+    """None: the user's primary group. Supplementary groups are the user's own (initgroups)."""
+    path: str = ""
+    """Where the policy set it (``spec.remediation.run_as``), for errors."""
+
+
+@dataclass(frozen=True)
 class Step:
     name: str
     argv: tuple[str, ...]
@@ -100,6 +112,8 @@ class Step:
     env: tuple[tuple[str, str], ...] = ()
     cwd: str | None = None
     continue_on_error: bool = False
+    run_as: RunAs | None = None
+    """None: the agent's own user (root on a normal install)."""
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Any
 
 from agent.policy.fields import Fields
 from agent.sinks.base import SinkType, bounded_timeout, is_resolve
-from agent.sinks.transport import SecretRef, parse_secret, post_json, url_problem
+from agent.sinks.transport import SecretRef, parse_secret, post_json, read_secret, url_problem
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 SUMMARY_LIMIT = 1024
@@ -113,7 +113,7 @@ class PagerDutySink:
 
     def send(self, payload: Mapping[str, Any]) -> None:
         c = self.config
-        key, _ = c.routing_key.read("routing_key", self._environ)
+        key, _ = read_secret(c.routing_key, "routing_key", self._environ)
         post_json(
             c.url,
             event(payload, key),

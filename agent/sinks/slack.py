@@ -26,7 +26,7 @@ from typing import Any
 
 from agent.policy.fields import Fields
 from agent.sinks.base import SinkType, bounded_timeout, is_resolve
-from agent.sinks.transport import SecretRef, parse_secret, post_json
+from agent.sinks.transport import SecretRef, parse_secret, post_json, read_secret
 
 HEADER_LIMIT = 150
 SECTION_LIMIT = 3000
@@ -149,7 +149,7 @@ class SlackSink:
 
     def send(self, payload: Mapping[str, Any]) -> None:
         c = self.config
-        url, secret = c.url.read("url", self._environ)
+        url, secret = read_secret(c.url, "url", self._environ)
         post_json(
             url, message(payload), c.timeout, secret=secret, where=c.url.where, what="Slack webhook"
         )

@@ -15,59 +15,32 @@ agent with no HTTP sink never loads them.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from agent.policy.fields import Fields
+from agent.secrets import SecretError, SecretRef, exposure
 from agent.sinks.base import ERROR_BODY_LIMIT, USER_AGENT, DeliveryError
+
+__all__ = ["SecretRef", "parse_secret", "post_json", "read_secret", "redact_url", "url_problem"]
 
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _REDACTED = "***"
 
 
-@dataclass(frozen=True)
-class SecretRef:
-    """Where a value comes from: a file or an environment variable (secret), or the config
-    itself (not secret). Read at send time, so rotating the file needs no restart."""
-
-    value: str | None = None
-    file: str | None = None
-    env: str | None = None
-
-    def read(self, what: str, environ: Mapping[str, str] | None = None) -> tuple[str, bool]:
-        """The value and whether it is a secret; DeliveryError (retryable: the file may appear,
-        the unit may gain the variable) when it cannot be read."""
-        if self.value:
-            return self.value, False
-        if self.file:
-            try:
-                with open(self.file, encoding="utf-8") as fh:
-                    text = fh.read(8192).strip()
-            except OSError as exc:
-                raise DeliveryError(
-                    f"cannot read {what}_file {self.file}: {exc.strerror}", retryable=True
-                ) from None
-            if not text:
-                raise DeliveryError(f"{what}_file {self.file} is empty", retryable=True)
-            return text, True
-        env = os.environ if environ is None else environ
-        value = env.get(self.env or "", "").strip()
-        if not value:
-            raise DeliveryError(
-                f"environment variable {self.env} ({what}_env) is not set in the agent's "
-                "environment",
-                retryable=True,
-            )
-        return value, True
-
-    @property
-    def where(self) -> str:
-        return self.file or self.env or "config"
+def read_secret(
+    ref: SecretRef, what: str, environ: Mapping[str, str] | None = None
+) -> tuple[str, bool]:
+    """``ref.read`` for a delivery attempt: a secret that cannot be used (unreadable, empty,
+    exposed to every user) is a retryable DeliveryError: fixing the file or the unit's
+    environment makes the next attempt work."""
+    try:
+        return ref.read(what, environ)
+    except SecretError as exc:
+        raise DeliveryError(str(exc), retryable=True) from None
 
 
 def parse_secret(f: Fields, key: str, inline: bool, example: str) -> SecretRef:
@@ -89,6 +62,8 @@ def parse_secret(f: Fields, key: str, inline: bool, example: str) -> SecretRef:
         )
     if isinstance(file, str) and file and not file.startswith("/"):
         f.error(f"{key}_file", "must be an absolute path")
+    elif isinstance(file, str) and file and (problem := exposure(file)):
+        f.error(f"{key}_file", problem)
     if isinstance(env, str) and env and not ENV_NAME.fullmatch(env):
         f.error(f"{key}_env", f"must be an environment variable name such as {example}")
     return SecretRef(value, file, env)

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from agent.policy.fields import Fields
 from agent.sinks.base import SinkType, bounded_timeout
-from agent.sinks.transport import SecretRef, parse_secret, post_json, url_problem
+from agent.sinks.transport import SecretRef, parse_secret, post_json, read_secret, url_problem
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class WebhookSink:
 
     def send(self, payload: Mapping[str, Any]) -> None:
         c = self.config
-        url, secret = c.source.read("url", self._environ)
+        url, secret = read_secret(c.source, "url", self._environ)
         post_json(
             url,
             payload,

@@ -13,10 +13,15 @@ redelivered report is ignored, yet still acknowledged.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.fleet.assignment import Assignment
+from controlplane.storage.base_auth import AuthStorage
+from controlplane.storage.base_pki import PkiStorage
+
+if TYPE_CHECKING:
+    from agent.bundle.dsse import Envelope
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,8 @@ class AgentRecord:
     last_assignment_seq: int = 0
     """The highest sequence the agent said it accepted (from Hello and apply results)."""
     health: Mapping[str, Any] = field(default_factory=dict)
+    replica: str = ""
+    """The replica whose stream the agent holds (or last held): ``Settings.holder``."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,43 @@ class RolloutHost:
 
 
 @dataclass(frozen=True)
+class ApplyResult:
+    """An agent's answer to assignment ``seq``, as ``record_applies`` stores it."""
+
+    host_id: str
+    seq: int
+    digest: str
+    applied: bool
+    reason: str
+    """Stored on the assignment (the agent's machine-readable reason)."""
+    at: float
+    note: str = ""
+    """Stored on the rollout-host row (the reason, else the agent's message)."""
+    retryable: bool = False
+    """A rejection after which the agent has not consumed ``seq``: the rollout-host row stays
+    ``assigned`` (only its reason changes), so the same assignment can be sent again."""
+
+
+@dataclass(frozen=True)
+class AppliedRecord:
+    assignment: AssignmentRecord
+    """The assignment as updated."""
+    rollout_host: RolloutHost | None
+    """Its rollout-host row as updated in the same transaction; None when not touched (no
+    rollout, or the row tracks another sequence or is no longer ``assigned``)."""
+
+
+def settle_rollout_host(row: RolloutHost | None, result: ApplyResult) -> RolloutHost | None:
+    """What ``result`` makes of the stored rollout-host ``row`` (None: leave it alone)."""
+    if row is None or row.seq != result.seq or row.status != "assigned":
+        return None
+    if not result.applied and result.retryable:
+        return replace(row, reason=result.note)
+    status = "applied" if result.applied else "failed"
+    return replace(row, status=status, reason=result.note, applied_at=result.at)
+
+
+@dataclass(frozen=True)
 class Report:
     host_id: str
     id: int
@@ -159,20 +203,41 @@ class EscalationRecord:
     message: str
 
 
-Signer = Callable[[AssignmentPayload], bytes]
+class Signable(Protocol):
+    """What the control plane's online key signs: anything that makes its own unsigned DSSE
+    envelope. The payload type is the thing's own (an assignment's, an approval decision's), so
+    the signature binds it and one can never verify as the other."""
+
+    def envelope(self) -> Envelope: ...
 
 
-class Storage(Protocol):
+Signer = Callable[[Signable], bytes]
+"""The online key's signer (``controlplane.assignments.make_signer``): a signable thing to its
+signed envelope's JSON. Storage passes it assignments (:data:`AssignmentPayload`)."""
+
+
+class Storage(AuthStorage, PkiStorage, Protocol):
     # ---- agents
     def upsert_agent(self, agent: AgentRecord) -> None: ...
     def touch_agents(self, seen: Mapping[str, tuple[float, Mapping[str, Any]]]) -> None:
         """Record heartbeats, ``host -> (at, health)``, many in one transaction."""
         ...
 
-    def set_connected(self, host_id: str, connected: bool, at: float) -> None: ...
-    def disconnect_all(self) -> None: ...
+    def set_connected(self, host_id: str, connected: bool, at: float, replica: str) -> None:
+        """Connected: the stream is on ``replica``. Disconnected: only while ``replica`` still
+        holds it (a stream that moved to another replica is not ended by the old one's close)."""
+        ...
+
+    def disconnect_all(self, replica: str) -> None:
+        """Mark disconnected every agent streaming to ``replica`` (and rows no replica claims):
+        a replica starting or stopping, while other replicas' streams live on."""
+        ...
+
     def agent(self, host_id: str) -> AgentRecord | None: ...
-    def agents(self) -> list[AgentRecord]: ...
+    def agents(self, health: bool = True) -> list[AgentRecord]:
+        """Every agent by host id; with ``health`` False each record's ``health`` is left
+        empty (not read nor parsed), for readers that never look at it (a rollout step)."""
+        ...
 
     # ---- bundles
     def put_bundle(self, record: BundleRecord, data: bytes) -> bool:
@@ -196,10 +261,21 @@ class Storage(Protocol):
         """Every host's newest assignment (for listing agents in one query)."""
         ...
 
+    def pending_assignments(self) -> list[AssignmentRecord]:
+        """Every host's newest assignment while still ``pending`` (not yet applied or
+        rejected), by host: what a delivery pass may still have to send."""
+        ...
+
     def record_apply(
         self, host_id: str, seq: int, digest: str, applied: bool, reason: str, at: float
     ) -> AssignmentRecord | None:
         """Mark assignment ``seq`` applied or rejected; None when no such assignment."""
+        ...
+
+    def record_applies(self, results: Sequence[ApplyResult]) -> list[AppliedRecord | None]:
+        """Record many apply results and their rollout-host rows in ONE transaction (as
+        ``record_apply`` plus ``settle_rollout_host``); one entry per result, in order, None
+        where no such assignment."""
         ...
 
     # ---- rollouts

@@ -41,6 +41,7 @@ def agent_values(a: AgentRecord) -> tuple[Any, ...]:
         int(a.connected),
         a.last_assignment_seq,
         dump(dict(a.health)),
+        a.replica,
     )
 
 
@@ -55,6 +56,7 @@ def agent(r: sqlite3.Row) -> AgentRecord:
         connected=bool(r["connected"]),
         last_assignment_seq=r["last_seq"],
         health=json.loads(r["health"]),
+        replica=r["replica"],
     )
 
 

@@ -61,6 +61,37 @@ MIGRATIONS: tuple[str, ...] = (
         message TEXT NOT NULL);
     CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires REAL NOT NULL);
     """,
+    # v2: security. Operator API tokens (only a hash of the secret is kept), the hash-chained
+    # audit log, single-use enrollment tokens, the client certificates issued to hosts, and the
+    # hosts cut off by ``opsctl agents revoke``.
+    """
+    CREATE TABLE api_tokens (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL, secret_hash TEXT NOT NULL,
+        created_at REAL NOT NULL, expires_at REAL NOT NULL DEFAULT 0,
+        revoked_at REAL NOT NULL DEFAULT 0, created_by TEXT NOT NULL DEFAULT '',
+        last_used_at REAL NOT NULL DEFAULT 0);
+    CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY, at REAL NOT NULL, actor TEXT NOT NULL, role TEXT NOT NULL,
+        via TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, source TEXT NOT NULL,
+        result TEXT NOT NULL, detail TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+    CREATE TABLE enrollment_tokens (
+        id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, host_id TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL, expires_at REAL NOT NULL, used_at REAL NOT NULL DEFAULT 0,
+        used_by TEXT NOT NULL DEFAULT '', created_by TEXT NOT NULL DEFAULT '');
+    CREATE TABLE certificates (
+        serial TEXT PRIMARY KEY, host_id TEXT NOT NULL, not_before REAL NOT NULL,
+        not_after REAL NOT NULL, issued_at REAL NOT NULL, revoked_at REAL NOT NULL DEFAULT 0,
+        reason TEXT NOT NULL DEFAULT '');
+    CREATE INDEX certificates_by_host ON certificates (host_id);
+    CREATE TABLE revoked_hosts (
+        host_id TEXT PRIMARY KEY, at REAL NOT NULL, revoked_by TEXT NOT NULL,
+        reason TEXT NOT NULL);
+    """,
+    # v3: which replica holds each agent's stream, so a replica that starts or stops marks only
+    # its own agents disconnected ('' = written before v3, claimed by no replica).
+    """
+    ALTER TABLE agents ADD COLUMN replica TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 

@@ -9,6 +9,7 @@ every method is one transaction.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from controlplane.storage import rows
 from controlplane.storage.base import (
     AgentRecord,
+    AppliedRecord,
+    ApplyResult,
     AssignmentPayload,
     AssignmentRecord,
     AssignmentRequest,
@@ -23,7 +26,10 @@ from controlplane.storage.base import (
     RolloutHost,
     RolloutRecord,
     Signer,
+    settle_rollout_host,
 )
+from controlplane.storage.sqlite_auth import AuthTables
+from controlplane.storage.sqlite_pki import PkiTables
 from controlplane.storage.sqlite_reports import ReportTables
 
 ACTIVE_STATES = ("running", "paused")
@@ -33,19 +39,20 @@ ROLLOUT_HOST_UPSERT = (
 )
 
 
-class SqliteStorage(ReportTables):
+class SqliteStorage(ReportTables, AuthTables, PkiTables):
     # ---- agents ------------------------------------------------------------------------------
 
     def upsert_agent(self, agent: AgentRecord) -> None:
         with self._tx() as db:
             db.execute(
                 "INSERT INTO agents (host_id, labels, agent_version, bundle_digest, bundle_version,"
-                " last_seen, connected, last_seq, health) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                " last_seen, connected, last_seq, health, replica) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(host_id) DO UPDATE SET labels=excluded.labels, "
                 "agent_version=excluded.agent_version, bundle_digest=excluded.bundle_digest, "
                 "bundle_version=excluded.bundle_version, last_seen=excluded.last_seen, "
                 "connected=excluded.connected, last_seq=MAX(last_seq, excluded.last_seq), "
-                "health=excluded.health",
+                "health=excluded.health, replica=excluded.replica",
                 rows.agent_values(agent),
             )
 
@@ -56,23 +63,40 @@ class SqliteStorage(ReportTables):
                 [(at, json.dumps(health), host) for host, (at, health) in seen.items()],
             )
 
-    def set_connected(self, host_id: str, connected: bool, at: float) -> None:
+    def set_connected(self, host_id: str, connected: bool, at: float, replica: str) -> None:
+        with self._tx() as db:
+            if connected:
+                db.execute(
+                    "UPDATE agents SET connected = 1, replica = ?, last_seen = MAX(last_seen, ?) "
+                    "WHERE host_id = ?",
+                    (replica, at, host_id),
+                )
+            else:
+                db.execute(
+                    "UPDATE agents SET connected = 0, last_seen = MAX(last_seen, ?) "
+                    "WHERE host_id = ? AND replica = ?",
+                    (at, host_id, replica),
+                )
+
+    def disconnect_all(self, replica: str) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE agents SET connected = ?, last_seen = MAX(last_seen, ?) WHERE host_id = ?",
-                (int(connected), at, host_id),
+                "UPDATE agents SET connected = 0 WHERE connected != 0 AND replica IN (?, '')",
+                (replica,),
             )
-
-    def disconnect_all(self) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE agents SET connected = 0 WHERE connected != 0")
 
     def agent(self, host_id: str) -> AgentRecord | None:
         found = self._query("SELECT * FROM agents WHERE host_id = ?", (host_id,))
         return rows.agent(found[0]) if found else None
 
-    def agents(self) -> list[AgentRecord]:
-        return [rows.agent(r) for r in self._query("SELECT * FROM agents ORDER BY host_id")]
+    def agents(self, health: bool = True) -> list[AgentRecord]:
+        if health:
+            return [rows.agent(r) for r in self._query("SELECT * FROM agents ORDER BY host_id")]
+        found = self._query(
+            "SELECT host_id, labels, agent_version, bundle_digest, bundle_version, last_seen, "
+            "connected, last_seq, replica, '{}' AS health FROM agents ORDER BY host_id"
+        )
+        return [rows.agent(r) for r in found]
 
     # ---- bundles -----------------------------------------------------------------------------
 
@@ -158,27 +182,38 @@ class SqliteStorage(ReportTables):
         )
         return {r["host_id"]: rows.assignment(r) for r in found}
 
+    def pending_assignments(self) -> list[AssignmentRecord]:
+        found = self._query(
+            "SELECT a.* FROM assignments a WHERE a.status = 'pending' AND a.seq = "
+            "(SELECT MAX(b.seq) FROM assignments b WHERE b.host_id = a.host_id) ORDER BY a.host_id"
+        )
+        return [rows.assignment(r) for r in found]
+
     def record_apply(
         self, host_id: str, seq: int, digest: str, applied: bool, reason: str, at: float
     ) -> AssignmentRecord | None:
         with self._tx() as db:
-            found = db.execute(
-                "SELECT * FROM assignments WHERE host_id = ? AND seq = ?", (host_id, seq)
-            ).fetchone()
-            if found is None:
-                return None
-            status = "applied" if applied else "rejected"
-            db.execute(
-                "UPDATE assignments SET status = ?, reason = ? WHERE host_id = ? AND seq = ?",
-                (status, reason, host_id, seq),
-            )
-            if applied:
-                db.execute(
-                    "UPDATE agents SET bundle_digest = ?, bundle_version = ?, "
-                    "last_seq = MAX(last_seq, ?) WHERE host_id = ?",
-                    (digest, found["bundle_version"], seq, host_id),
-                )
-            return replace(rows.assignment(found), status=status, reason=reason)
+            return _apply(db, host_id, seq, digest, applied, reason)
+
+    def record_applies(self, results: Sequence[ApplyResult]) -> list[AppliedRecord | None]:
+        done: list[AppliedRecord | None] = []
+        with self._tx() as db:
+            for r in results:
+                record = _apply(db, r.host_id, r.seq, r.digest, r.applied, r.reason)
+                if record is None:
+                    done.append(None)
+                    continue
+                row = None
+                if record.rollout_id:
+                    found = db.execute(
+                        "SELECT * FROM rollout_hosts WHERE rollout_id = ? AND host_id = ?",
+                        (record.rollout_id, r.host_id),
+                    ).fetchone()
+                    row = settle_rollout_host(rows.rollout_host(found) if found else None, r)
+                    if row is not None:
+                        db.execute(ROLLOUT_HOST_UPSERT, rows.rollout_host_values(row))
+                done.append(AppliedRecord(record, row))
+        return done
 
     # ---- rollouts ----------------------------------------------------------------------------
 
@@ -218,3 +253,26 @@ class SqliteStorage(ReportTables):
             (rollout_id, host_id),
         )
         return rows.rollout_host(found[0]) if found else None
+
+
+def _apply(
+    db: sqlite3.Connection, host_id: str, seq: int, digest: str, applied: bool, reason: str
+) -> AssignmentRecord | None:
+    """Mark one assignment applied or rejected, inside the caller's transaction."""
+    found = db.execute(
+        "SELECT * FROM assignments WHERE host_id = ? AND seq = ?", (host_id, seq)
+    ).fetchone()
+    if found is None:
+        return None
+    status = "applied" if applied else "rejected"
+    db.execute(
+        "UPDATE assignments SET status = ?, reason = ? WHERE host_id = ? AND seq = ?",
+        (status, reason, host_id, seq),
+    )
+    if applied:
+        db.execute(
+            "UPDATE agents SET bundle_digest = ?, bundle_version = ?, "
+            "last_seq = MAX(last_seq, ?) WHERE host_id = ?",
+            (digest, found["bundle_version"], seq, host_id),
+        )
+    return replace(rows.assignment(found), status=status, reason=reason)

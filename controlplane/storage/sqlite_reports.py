@@ -45,9 +45,8 @@ class ReportTables(SqliteDb):
         if query.hosts:
             clauses.append(f"host_id IN ({','.join('?' * len(query.hosts))})")
             args.extend(query.hosts)
-        sql = (
-            f"SELECT * FROM reports WHERE {' AND '.join(clauses)} ORDER BY at DESC, id DESC LIMIT ?"
-        )
+        where = " AND ".join(clauses)
+        sql = f"SELECT * FROM reports WHERE {where} ORDER BY at DESC, id DESC, host_id DESC LIMIT ?"
         return [rows.report(r) for r in self._query(sql, [*args, query.limit])]
 
     def prune_reports(self, before: float) -> int:

@@ -467,3 +467,79 @@ class ListEscalationsResponse(_message.Message):
     ESCALATIONS_FIELD_NUMBER: _ClassVar[int]
     escalations: _containers.RepeatedCompositeFieldContainer[Escalation]
     def __init__(self, escalations: _Optional[_Iterable[_Union[Escalation, _Mapping]]] = ...) -> None: ...
+
+class ListApprovalsRequest(_message.Message):
+    __slots__ = ("host", "policy")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    policy: str
+    def __init__(self, host: _Optional[str] = ..., policy: _Optional[str] = ...) -> None: ...
+
+class ApprovalInfo(_message.Message):
+    __slots__ = ("host_id", "approval_id", "policy", "created_at", "expires_at", "message", "observed_json", "connected")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    OBSERVED_JSON_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    approval_id: str
+    policy: str
+    created_at: float
+    expires_at: float
+    message: str
+    observed_json: str
+    connected: bool
+    def __init__(self, host_id: _Optional[str] = ..., approval_id: _Optional[str] = ..., policy: _Optional[str] = ..., created_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., message: _Optional[str] = ..., observed_json: _Optional[str] = ..., connected: _Optional[bool] = ...) -> None: ...
+
+class ListApprovalsResponse(_message.Message):
+    __slots__ = ("approvals",)
+    APPROVALS_FIELD_NUMBER: _ClassVar[int]
+    approvals: _containers.RepeatedCompositeFieldContainer[ApprovalInfo]
+    def __init__(self, approvals: _Optional[_Iterable[_Union[ApprovalInfo, _Mapping]]] = ...) -> None: ...
+
+class DecideApprovalRequest(_message.Message):
+    __slots__ = ("host", "policy", "approve", "reason", "ttl_seconds", "by")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    APPROVE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    policy: str
+    approve: bool
+    reason: str
+    ttl_seconds: float
+    by: str
+    def __init__(self, host: _Optional[str] = ..., policy: _Optional[str] = ..., approve: _Optional[bool] = ..., reason: _Optional[str] = ..., ttl_seconds: _Optional[float] = ..., by: _Optional[str] = ...) -> None: ...
+
+class DecideApprovalResponse(_message.Message):
+    __slots__ = ("host_id", "approval_id", "policy", "decision", "by", "nonce", "issued_at", "expires_at", "confirmed", "outcome", "message")
+    HOST_ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_ID_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    host_id: str
+    approval_id: str
+    policy: str
+    decision: str
+    by: str
+    nonce: str
+    issued_at: float
+    expires_at: float
+    confirmed: bool
+    outcome: str
+    message: str
+    def __init__(self, host_id: _Optional[str] = ..., approval_id: _Optional[str] = ..., policy: _Optional[str] = ..., decision: _Optional[str] = ..., by: _Optional[str] = ..., nonce: _Optional[str] = ..., issued_at: _Optional[float] = ..., expires_at: _Optional[float] = ..., confirmed: _Optional[bool] = ..., outcome: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...

@@ -105,6 +105,16 @@ class AdminStub:
                 request_serializer=stanch_dot_v1_dot_admin__pb2.ListEscalationsRequest.SerializeToString,
                 response_deserializer=stanch_dot_v1_dot_admin__pb2.ListEscalationsResponse.FromString,
                 _registered_method=True)
+        self.ListApprovals = channel.unary_unary(
+                '/stanch.v1.Admin/ListApprovals',
+                request_serializer=stanch_dot_v1_dot_admin__pb2.ListApprovalsRequest.SerializeToString,
+                response_deserializer=stanch_dot_v1_dot_admin__pb2.ListApprovalsResponse.FromString,
+                _registered_method=True)
+        self.DecideApproval = channel.unary_unary(
+                '/stanch.v1.Admin/DecideApproval',
+                request_serializer=stanch_dot_v1_dot_admin__pb2.DecideApprovalRequest.SerializeToString,
+                response_deserializer=stanch_dot_v1_dot_admin__pb2.DecideApprovalResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -200,6 +210,23 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListApprovals(self, request, context):
+        """Remediations waiting in `approve` mode on agents (from their approval reports): not
+        decided, not expired, host known. Role viewer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideApproval(self, request, context):
+        """Approve or reject one: a decision signed with the control plane's online key is sent to the
+        host's live stream (FAILED_PRECONDITION when the host is not connected: never queued), and
+        the agent's answer is awaited briefly. Role operator; audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -272,6 +299,16 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListEscalations,
                     request_deserializer=stanch_dot_v1_dot_admin__pb2.ListEscalationsRequest.FromString,
                     response_serializer=stanch_dot_v1_dot_admin__pb2.ListEscalationsResponse.SerializeToString,
+            ),
+            'ListApprovals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApprovals,
+                    request_deserializer=stanch_dot_v1_dot_admin__pb2.ListApprovalsRequest.FromString,
+                    response_serializer=stanch_dot_v1_dot_admin__pb2.ListApprovalsResponse.SerializeToString,
+            ),
+            'DecideApproval': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideApproval,
+                    request_deserializer=stanch_dot_v1_dot_admin__pb2.DecideApprovalRequest.FromString,
+                    response_serializer=stanch_dot_v1_dot_admin__pb2.DecideApprovalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -652,6 +689,60 @@ class Admin:
             '/stanch.v1.Admin/ListEscalations',
             stanch_dot_v1_dot_admin__pb2.ListEscalationsRequest.SerializeToString,
             stanch_dot_v1_dot_admin__pb2.ListEscalationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stanch.v1.Admin/ListApprovals',
+            stanch_dot_v1_dot_admin__pb2.ListApprovalsRequest.SerializeToString,
+            stanch_dot_v1_dot_admin__pb2.ListApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideApproval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stanch.v1.Admin/DecideApproval',
+            stanch_dot_v1_dot_admin__pb2.DecideApprovalRequest.SerializeToString,
+            stanch_dot_v1_dot_admin__pb2.DecideApprovalResponse.FromString,
             options,
             channel_credentials,
             insecure,

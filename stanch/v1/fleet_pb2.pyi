@@ -109,16 +109,24 @@ class ReportBatch(_message.Message):
     def __init__(self, reports: _Optional[_Iterable[_Union[Report, _Mapping]]] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
-    __slots__ = ("assignment", "ack", "pause", "resume")
+    __slots__ = ("assignment", "ack", "pause", "resume", "approval_decision")
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     PAUSE_FIELD_NUMBER: _ClassVar[int]
     RESUME_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_DECISION_FIELD_NUMBER: _ClassVar[int]
     assignment: SignedAssignment
     ack: Ack
     pause: FleetPause
     resume: FleetResume
-    def __init__(self, assignment: _Optional[_Union[SignedAssignment, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., pause: _Optional[_Union[FleetPause, _Mapping]] = ..., resume: _Optional[_Union[FleetResume, _Mapping]] = ...) -> None: ...
+    approval_decision: SignedApprovalDecision
+    def __init__(self, assignment: _Optional[_Union[SignedAssignment, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., pause: _Optional[_Union[FleetPause, _Mapping]] = ..., resume: _Optional[_Union[FleetResume, _Mapping]] = ..., approval_decision: _Optional[_Union[SignedApprovalDecision, _Mapping]] = ...) -> None: ...
+
+class SignedApprovalDecision(_message.Message):
+    __slots__ = ("envelope",)
+    ENVELOPE_FIELD_NUMBER: _ClassVar[int]
+    envelope: bytes
+    def __init__(self, envelope: _Optional[bytes] = ...) -> None: ...
 
 class SignedAssignment(_message.Message):
     __slots__ = ("envelope",)

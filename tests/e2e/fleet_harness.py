@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import select
 import signal
 import sqlite3
 import subprocess
@@ -34,12 +35,14 @@ from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
+import yaml
 
 from agent.bundle.pointer import ActivePointer
 from agent.fleet.outbox import Outbox, PendingReport
 from agent.journal import DecisionRow, ExecutionRow, Journal
 from agent.pauses import Pause, PauseFile
 from controlplane.fleet_demo import BREAK, FIX, Demo
+from controlplane.fleet_demo import POLICY as DEMO_POLICY
 from controlplane.fleet_demo import wait_for as _wait_for
 from controlplane.storage.sqlite import SqliteStorage
 from stanch.v1 import fleet_pb2 as pb
@@ -48,7 +51,7 @@ from stanch.v1 import fleet_pb2_grpc as pb_grpc
 T = TypeVar("T")
 POLICY = "app-heartbeat"
 SELECTOR = "env=demo"
-__all__ = ["BREAK", "FIX", "POLICY", "SELECTOR", "Fleet", "ReplayServer", "wait_for"]
+__all__ = ["BREAK", "FIX", "POLICY", "SELECTOR", "Fleet", "ReplayServer", "TunedFleet", "wait_for"]
 
 
 def wait_for(what: str, predicate: Callable[[], T], timeout: float) -> T:
@@ -382,3 +385,90 @@ class _ReplayServicer(pb_grpc.FleetServicer):
     ) -> AsyncIterator[pb.BundleChunk]:
         await context.abort(grpc.StatusCode.NOT_FOUND, "the replay server serves no bundles")
         yield pb.BundleChunk()  # pragma: no cover (abort raises)
+
+
+class TunedFleet(Fleet):
+    """A :class:`Fleet` whose agents take extra config keys and a command prefix (the fault
+    tests): ``agent_extra`` is merged into each ``agent.yaml`` (e.g. host limits high enough for
+    many remediation cycles), ``agent_prefix`` goes before the agent's argv (e.g.
+    ``ip netns exec NS`` to run it inside a network namespace), ``agent_env`` into its
+    environment (e.g. ``STANCH_FAILPOINTS``). The rest is :meth:`Demo.spawn_agent`'s host."""
+
+    def __init__(self, work: Path, count: int) -> None:
+        super().__init__(work, count)
+        self.agent_extra: dict[str, Any] = {}
+        self.agent_prefix: list[str] = []
+        self.agent_env: dict[str, str] = {}
+        self.cp_db = str(work / "cp.db")
+        """``--db`` of the control plane: this SQLite file, or a ``postgresql://`` URL."""
+        self.guardrails = ""
+        """When set, replaces the demo policy's ``{cooldown: 1s}`` guardrails in bundles."""
+
+    def spawn_control_plane(self, listen: str = "127.0.0.1:0") -> str:
+        """:meth:`Demo.spawn_control_plane` on :attr:`cp_db`."""
+        argv = [sys.executable, "-m", "controlplane.server", "--insecure", "--db", self.cp_db]
+        argv += ["--listen", listen, "--assignment-key", str(self.work / "cp" / "assign.key")]
+        argv += ["--trust", str(self.work / "keys"), *self.cp_flags, "--log-format", "json"]
+        proc = subprocess.Popen(
+            argv, env=self.env, stdout=subprocess.PIPE, stderr=(self.work / "cp.log").open("ab")
+        )
+        self.procs.append(proc)
+        self.cp = proc
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        line = proc.stdout.readline().decode() if ready else ""
+        if "listening on" not in line:
+            proc.kill()
+            raise AssertionError(f"the control plane did not start; see {self.work}/cp.log")
+        self.addr = line.split()[-1]
+        return line.strip()
+
+    def bundle(self, version: int, script: str) -> str:
+        if not self.guardrails:
+            return super().bundle(version, script)
+        text = DEMO_POLICY.format(script=script)
+        assert "guardrails: {cooldown: 1s}" in text
+        text = text.replace("guardrails: {cooldown: 1s}", f"guardrails: {self.guardrails}")
+        source = self.work / f"policies-v{version}"
+        source.mkdir()
+        (source / f"{POLICY}.yaml").write_text(text)
+        out = self.work / "bundles"
+        build = ["bundle", "build", str(source), "-o", str(out), "--name", "tuned"]
+        built = self.opsctl(*build, "--version", str(version), "--expires", "7d", must=True)
+        key = str(self.work / "keys" / "release-1")
+        signed = self.opsctl("bundle", "sign", built.stdout.split()[1], "--key", key, must=True)
+        return signed.stdout.split()[1]
+
+    def spawn_agent(self, host: str, role: str) -> None:
+        home = self.work / host
+        (home / "var" / "run").mkdir(parents=True, exist_ok=True)
+        (home / "var" / "run" / "app.heartbeat").touch()
+        config: dict[str, Any] = {
+            "host": {"id": host, "labels": {"env": "demo", "role": role}},
+            "policy_source": "bundle",
+            "state_dir": str(home / "state"),
+            "control_plane": {
+                "address": self.addr,
+                "insecure": True,
+                "assignment_keys": str(self.work / "assignment-keys"),
+                "trust": str(self.work / "keys"),
+                "heartbeat": "1s",
+                "reconnect": {"initial": "200ms", "max": "2s"},
+            },
+        }
+        for key, value in self.agent_extra.items():  # one level deep: control_plane keys too
+            if isinstance(value, dict) and isinstance(config.get(key), dict):
+                config[key] = {**config[key], **value}
+            else:
+                config[key] = value
+        (home / "agent.yaml").write_text(yaml.safe_dump(config))
+        argv = [sys.executable, "-m", "agent.cli", "--config", str(home / "agent.yaml"), "run"]
+        argv += ["--root", str(home), "--log-level", self.agent_log_level]
+        proc = subprocess.Popen(
+            [*self.agent_prefix, *argv],
+            env={**self.env, "HOME": str(home), **self.agent_env},
+            stdout=subprocess.DEVNULL,
+            stderr=(home / "agent.log").open("ab"),
+        )
+        self.procs.append(proc)
+        self.agents[host] = proc

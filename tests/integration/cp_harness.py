@@ -8,6 +8,9 @@
   (``agent.fleet.assignment``) and lets the test decide whether the bundle "applies" (a bad
   bundle is one the test says is refused or makes remediations fail).
 - ``until``: the one way a test waits; bounded, and says what it waited for when it gives up.
+- TLS (``cluster(..., tls=True)``): a fleet CA made by ``init_pki`` in ``tmp_path``, the server on
+  mTLS plus its enrollment port; ``host_credentials`` issues a host certificate (recorded as an
+  enrollment would), and the operator's Admin channel uses an admin operator certificate.
 
 Tests are plain functions that call ``asyncio.run`` (no pytest plugin needed).
 """
@@ -30,12 +33,18 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agent.bundle.keys import key_id
 from agent.clock import SystemClock
 from agent.fleet.assignment import Assignment, AssignmentRejected, verify_assignment
+from agent.fleet.tls import key_pem, make_csr, new_key
 from controlplane.assignments import make_signer
 from controlplane.bundle_fixtures import KeyRing, make_bundle, policy_text, write_source
+from controlplane.pki import Authority, PkiPaths, init_pki
+from controlplane.pki_issue import issue_host, issue_operator
 from controlplane.plane import ControlPlane, Settings
+from controlplane.ratelimit import EnrollLimits
 from controlplane.server import Server
+from controlplane.storage.base_pki import CertificateRecord
 from controlplane.storage.sqlite import SqliteStorage
 from controlplane.storm import StormSettings
+from controlplane.transport import Tls
 from stanch.v1 import admin_pb2, admin_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 
 FAST = Settings(
@@ -84,10 +93,15 @@ class SimAgent:
     pauses: dict[str, fleet_pb2.FleetPause] = field(default_factory=dict)
     resumes: list[str] = field(default_factory=list)
     ended: grpc.StatusCode | None = None
+    credentials: grpc.ChannelCredentials | None = None
+    """TLS (a host certificate, or none for a stranger); None is plaintext."""
 
     async def connect(self) -> SimAgent:
         self.ended = None
-        self._channel = grpc.aio.insecure_channel(self.addr)
+        if self.credentials is None:
+            self._channel = grpc.aio.insecure_channel(self.addr)
+        else:
+            self._channel = grpc.aio.secure_channel(self.addr, self.credentials)
         stub = fleet_pb2_grpc.FleetStub(self._channel)
         self._out: asyncio.Queue[fleet_pb2.AgentMessage | None] = asyncio.Queue()
         self._call = stub.Connect(self._outgoing())
@@ -195,6 +209,32 @@ class Operator:
     token: str | None = None
     port: int = 0
     agents: list[SimAgent] = field(default_factory=list)
+    pki: PkiPaths | None = None
+    """The fleet CA when the control plane serves TLS."""
+    enroll_port: int = 0
+
+    @property
+    def ca_pem(self) -> bytes:
+        assert self.pki is not None, "a TLS cluster (tls=True)"
+        return self.pki.ca_cert.read_bytes()
+
+    def authority(self) -> Authority:
+        assert self.pki is not None, "a TLS cluster (tls=True)"
+        return Authority.load(self.pki.ca_cert, self.pki.ca_key)
+
+    def credentials(self, cert: bytes | None = None, key: bytes | None = None) -> Any:
+        """Channel credentials trusting the fleet CA, with this client certificate if any."""
+        return grpc.ssl_channel_credentials(self.ca_pem, key, cert)
+
+    def issue_host_cert(self, host: str, lifetime: float = 3600.0) -> tuple[bytes, bytes, str]:
+        """``(key PEM, certificate PEM, serial)`` for ``host``, signed by the fleet CA."""
+        key = new_key()
+        issued = issue_host(self.authority(), make_csr(key, host), host, time.time(), lifetime)
+        return key_pem(key), issued.pem, issued.serial
+
+    def operator_credentials(self, name: str = "test-admin", role: str = "admin") -> Any:
+        key, issued = issue_operator(self.authority(), name, role, time.time())
+        return self.credentials(issued.pem, key)
 
     @property
     def addr(self) -> str:
@@ -206,7 +246,10 @@ class Operator:
         return {key_id(public): public}
 
     def open_admin(self) -> None:
-        self._admin_channel = grpc.aio.insecure_channel(self.addr)
+        if self.pki is None:
+            self._admin_channel = grpc.aio.insecure_channel(self.addr)
+        else:
+            self._admin_channel = grpc.aio.secure_channel(self.addr, self.operator_credentials())
         self._admin = admin_pb2_grpc.AdminStub(self._admin_channel)
         self._metadata = (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
@@ -220,6 +263,9 @@ class Operator:
     async def agent(
         self, host: str, labels: Mapping[str, str] | None = None, **kw: Any
     ) -> SimAgent:
+        if self.pki is not None and "credentials" not in kw:
+            key, cert, _ = self.issue_host_cert(host)
+            kw["credentials"] = self.credentials(cert, key)
         sim = SimAgent(self.addr, host, labels or {"env": "prod"}, self.assign_keys, **kw)
         self.agents.append(sim)
         return await sim.connect()
@@ -261,6 +307,27 @@ class Cluster(Operator):
     """The control plane in this process and event loop, with fast timings."""
 
     settings: Settings = FAST
+    limits: EnrollLimits = EnrollLimits()
+    cert_lifetime: float = 7 * 86400.0
+
+    def transport(self) -> Tls | None:
+        if self.pki is None:
+            return None
+        return Tls(
+            cert_chain=self.pki.server_cert.read_bytes(),
+            key=self.pki.server_key.read_bytes(),
+            client_ca=self.ca_pem,
+            enroll_listen=f"127.0.0.1:{self.enroll_port}",
+            ca=self.authority(),
+            limits=self.limits,
+            cert_lifetime=self.cert_lifetime,
+        )
+
+    async def record_cert(self, host: str, serial: str) -> None:
+        """Record an issued certificate as enrollment does (revocation by serial sees it)."""
+        now = time.time()
+        record = CertificateRecord(serial, host, now - 300, now + 3600, now)
+        await self.plane.store.run(self.plane.db.add_certificate, record)
 
     async def start(self) -> None:
         self.plane = ControlPlane(
@@ -270,8 +337,9 @@ class Cluster(Operator):
             SystemClock(),
             self.settings,
         )
-        self.server = Server(self.plane, f"127.0.0.1:{self.port}", self.token)
+        self.server = Server(self.plane, f"127.0.0.1:{self.port}", self.token, self.transport())
         self.port = await self.server.start()
+        self.enroll_port = self.server.enroll_port
         self.open_admin()
 
     async def stop(self) -> None:
@@ -282,11 +350,22 @@ class Cluster(Operator):
 
 @contextlib.asynccontextmanager
 async def cluster(
-    tmp_path: Path, settings: Settings = FAST, token: str | None = None
+    tmp_path: Path,
+    settings: Settings = FAST,
+    token: str | None = None,
+    tls: bool = False,
+    limits: EnrollLimits | None = None,
+    cert_lifetime: float | None = None,
 ) -> AsyncIterator[Cluster]:
     c = Cluster(
         tmp_path, KeyRing.generate(1), Ed25519PrivateKey.generate(), token, settings=settings
     )
+    if tls:
+        c.pki = init_pki(tmp_path / "pki", ["localhost", "127.0.0.1"], time.time())
+    if limits is not None:
+        c.limits = limits
+    if cert_lifetime is not None:
+        c.cert_lifetime = cert_lifetime
     await c.start()
     try:
         yield c

@@ -35,6 +35,10 @@ FAST_FLAGS = (
 @dataclass
 class ServerProcess(Operator):
     proc: subprocess.Popen[bytes] | None = None
+    db: str = ""
+    """``--db``: a ``postgresql://`` URL (replicas share it), or "" for ``tmp/cp.db``."""
+    name: str = "cp"
+    """Log file ``tmp/<name>.log``: replicas sharing ``tmp`` (and its keys) log apart."""
 
     @classmethod
     def create(cls, tmp: Path) -> ServerProcess:
@@ -45,14 +49,14 @@ class ServerProcess(Operator):
         return cls(tmp, ring, key)
 
     def start(self, *extra: str) -> None:
-        log = (self.tmp / "cp.log").open("ab")
+        log = (self.tmp / f"{self.name}.log").open("ab")
         self.proc = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "controlplane.server",
                 "--db",
-                str(self.tmp / "cp.db"),
+                self.db or str(self.tmp / "cp.db"),
                 "--listen",
                 f"127.0.0.1:{self.port}",
                 "--insecure",
@@ -73,7 +77,9 @@ class ServerProcess(Operator):
         line = self.proc.stdout.readline().decode() if ready else ""
         if "listening on" not in line:
             self.proc.kill()
-            raise AssertionError(f"stanch-cp did not start: {(self.tmp / 'cp.log').read_text()}")
+            raise AssertionError(
+                f"stanch-cp did not start: {(self.tmp / f'{self.name}.log').read_text()}"
+            )
         self.port = int(line.rsplit(":", 1)[1])
         self.open_admin()
 

@@ -121,6 +121,42 @@ def test_waves_wait_for_the_bake_on_the_injected_clock(tmp_path: Path) -> None:
     scenario(tmp_path, body)
 
 
+def test_the_last_apply_of_a_wave_wakes_the_driver_at_once(tmp_path: Path) -> None:
+    async def body(engine: RolloutEngine, clock: FakeClock) -> None:
+        await begin(engine, bake=0)
+        await engine.tick()
+        assert len(updated(engine)) == 1
+        await engine.tick()  # wave 2 begins only once the canary has applied
+        assert len(updated(engine)) == 1
+        (canary,) = updated(engine)
+        a = engine.db.current_assignment(canary)
+        assert a is not None
+        rec = engine.db.record_apply(canary, a.seq, D2, True, "", clock.now())
+        assert rec is not None
+        engine._wake.clear()
+        await engine.on_apply(rec, True, "", clock.now())
+        assert engine._wake.is_set()  # no tick needed: the wave's last host applied
+        await engine.tick()
+        second = [h for h in updated(engine) if h != canary]
+        assert len(second) == 4
+        engine._wake.clear()
+        for host in second[:-1]:
+            b = engine.db.current_assignment(host)
+            assert b is not None
+            rec = engine.db.record_apply(host, b.seq, D2, True, "", clock.now())
+            assert rec is not None
+            await engine.on_apply(rec, True, "", clock.now())
+            assert not engine._wake.is_set()  # others in the wave still pending
+        b = engine.db.current_assignment(second[-1])
+        assert b is not None
+        rec = engine.db.record_apply(second[-1], b.seq, D2, True, "", clock.now())
+        assert rec is not None
+        await engine.on_apply(rec, True, "", clock.now())
+        assert engine._wake.is_set()
+
+    scenario(tmp_path, body)
+
+
 def test_an_interrupted_rollback_is_finished_at_start_up(tmp_path: Path) -> None:
     async def body(engine: RolloutEngine, clock: FakeClock) -> None:
         rid = await begin(engine)

@@ -1,0 +1,118 @@
+"""Which replica drives rollouts, and how the others still deliver what it issues.
+
+Among control-plane replicas sharing one database, one at a time drives rollouts: the holder of
+the ``rollout-driver`` lease (:class:`DriverLease`). The engine renews it before every step, so a
+replica that stalled past the TTL and lost it stops before its next write; a clean stop gives it
+up at once (a negative TTL) so another replica takes over at its next tick instead of after the
+TTL. A replica that takes the lease over from another (it was refused before) records that on the
+audit log as the control plane's own action.
+
+An assignment is sent first by the replica that issued it, to its own streams only. Every replica
+runs :class:`Delivery` each tick: assignments issued anywhere (the driver's steps, an operator's
+abort on any replica) reach the hosts streaming to it within a tick, each once per stream.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from agent.clock import Clock
+from controlplane.audit import AuditLog
+from controlplane.audit_system import record_automatic
+from controlplane.connections import Connections
+from controlplane.storage.runner import StorageThread
+
+log = logging.getLogger("stanch.cp.rollouts")
+LEASE = "rollout-driver"
+
+
+class DriverLease:
+    """Takes, renews and releases the driver lease; logs when this replica starts or stops
+    driving."""
+
+    def __init__(
+        self,
+        store: StorageThread,
+        clock: Clock,
+        holder: str,
+        tick: float,
+        audit: AuditLog,
+        source: str,
+    ) -> None:
+        self.store = store
+        self.db = store.storage
+        self.clock = clock
+        self.holder = holder
+        self.ttl = max(3 * tick, 5.0)
+        self.audit = audit
+        self.source = source
+        self.driving = False
+        """Whether this replica held the lease at its last attempt."""
+        self._refused = False
+        """This replica's last attempt was refused: another replica held the lease."""
+
+    async def hold(self) -> bool:
+        """Take or renew the lease; True while this replica is the driver."""
+        held: bool = await self.store.run(
+            self.db.acquire_lease, LEASE, self.holder, self.ttl, self.clock.now()
+        )
+        if held != self.driving:
+            self.driving = held
+            log.warning(
+                "rollout driver: replica %s %s the %s lease",
+                self.holder,
+                "holds" if held else "lost",
+                LEASE,
+            )
+            if held and self._refused:
+                await self._audit_takeover()
+        self._refused = not held
+        return held
+
+    async def _audit_takeover(self) -> None:
+        detail = {
+            "lease": LEASE,
+            "holder": self.holder,
+            "ttl": self.ttl,
+            "reason": "the lease was held by another replica and expired or was released",
+        }
+        target = f"lease={LEASE}"
+        await record_automatic(self.audit, "rollout.driver_takeover", target, self.source, detail)
+
+    async def release(self) -> None:
+        """Give the lease up: renewing it with a negative TTL leaves it expired."""
+        try:
+            await self.store.run(self.db.acquire_lease, LEASE, self.holder, -1.0, self.clock.now())
+        except Exception as exc:  # stopping anyway; the lease then expires after its TTL
+            log.warning("rollout driver: could not release the lease: %s", exc)
+            return
+        self.driving = False
+        log.warning("rollout driver: replica %s released the %s lease", self.holder, LEASE)
+
+
+class Delivery:
+    """Sends each stored, pending assignment to the host's stream on this replica, if it has one.
+    Reads only assignments still pending (few once a wave has applied), not every host's.
+
+    Runs every tick on every replica, driver or not: the driver's assigner sends what it issues
+    to its own streams, but an operator's abort or rollback handled by another replica issues
+    assignments there, and hosts streaming to a third replica (or to the driver) would otherwise
+    get them only when they reconnect. Each stream remembers the highest sequence it carried
+    (``Connection.sent_seq``, set from the Hello when it opens), so a sequence the assigner, the
+    Hello or an earlier pass already sent is never sent twice on one stream."""
+
+    def __init__(self, store: StorageThread, connections: Connections) -> None:
+        self.store = store
+        self.db = store.storage
+        self.connections = connections
+
+    async def deliver(self) -> int:
+        """One pass; returns how many assignments it queued."""
+        if not len(self.connections):
+            return 0
+        sent = 0
+        for record in await self.store.run(self.db.pending_assignments):
+            conn = self.connections.get(record.host_id)
+            if conn is not None and conn.send_assignment(record):
+                sent += 1
+        return sent
