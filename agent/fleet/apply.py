@@ -145,8 +145,13 @@ class Applier:
             args += ["--state-dir", str(self.config.state_dir)]
             if self.settings.trust_threshold is not None:
                 args += ["--threshold", str(self.settings.trust_threshold)]
+            # Registered before the store can log a refusal: the heartbeat loop scans too.
+            context = {"source": "assignment", "seq": seq, "bundle_digest": digest}
+            self.rejections.expect(name, context)
             verdict = self._verifier(args)
+            self.rejections.scan()
         finally:
+            self.rejections.forget(name)
             Path(name).unlink(missing_ok=True)
         reason = str(verdict.get("reason") or VERIFIER_FAILED)
         message = str(verdict.get("message") or "")
@@ -155,9 +160,7 @@ class Applier:
                 return self._refused(seq, digest, reason, message)
             if not verdict.get("transient"):
                 self._accept(assignment)
-            # The store logged it; report it from there (once), with what the log cannot know.
-            context = {"source": "assignment", "seq": seq, "bundle_digest": digest}
-            self.rejections.scan({name: context})
+            # The store logged it; the scan above reported it (once), with the assignment's context.
             log_event("assignment_bundle_rejected", logging.WARNING, seq=seq, reason=reason)
             return ApplyOutcome(seq, digest, False, reason, message)
         self._accept(assignment)

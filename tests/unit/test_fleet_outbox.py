@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -157,7 +158,9 @@ def test_bundle_rejections_are_forwarded_once(
     assert forwarder.scan() == 0
     assert RejectionForwarder(tmp_path, journal, outbox).scan() == 0, "watermark persisted"
     log.append(Rejection(T0 + 2, "unknown_key", "who?", "/tmp/c.bundle"))
-    assert RejectionForwarder(tmp_path, journal, outbox).scan({"/tmp/c.bundle": {"seq": 9}}) == 1
+    fresh = RejectionForwarder(tmp_path, journal, outbox)
+    fresh.expect("/tmp/c.bundle", {"seq": 9})
+    assert fresh.scan() == 1
     reports = outbox.pending()
     assert [(r.kind, r.reason) for r in reports] == [
         ("rejection", "expired"),
@@ -166,3 +169,18 @@ def test_bundle_rejections_are_forwarded_once(
     ]
     assert json.loads(reports[0].body)["source"] == "bundle_store"
     assert json.loads(reports[2].body)["seq"] == 9
+
+
+def test_concurrent_scans_report_a_rejection_once_with_its_context(
+    tmp_path: Path, journal: Journal, outbox: Outbox
+) -> None:
+    """The heartbeat loop and the applier scan at the same time; the line is reported once, and
+    with the context the applier registered before the store wrote it."""
+    forwarder = RejectionForwarder(tmp_path, journal, outbox)
+    forwarder.expect("/tmp/d.bundle", {"source": "assignment", "seq": 5})
+    RejectionLog(tmp_path).append(Rejection(T0, "unknown_key", "who?", "/tmp/d.bundle"))
+    with ThreadPoolExecutor(8) as pool:
+        counts = list(pool.map(lambda _: forwarder.scan(), range(8)))
+    assert sorted(counts) == [0] * 7 + [1]
+    (report,) = outbox.pending()
+    assert json.loads(report.body)["seq"] == 5
