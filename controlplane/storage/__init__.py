@@ -1,6 +1,7 @@
 """Control-plane storage: the ``Storage`` Protocol (``base``) and its two implementations.
 
-- ``base``      records and the Protocol every backend implements
+- ``base``      records and the Protocol every backend implements (with ``base_auth``,
+                ``base_pki`` and ``base_decisions`` for the security and approval tables)
 - ``schema``    versioned migrations, written once in SQLite's dialect
 - ``rows``      rows <-> records
 - ``sqlite``    ``SqliteStorage``: one file, WAL, synchronous=FULL (a lab, a small fleet)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.fleet.assignment import Assignment
 from controlplane.storage.base_auth import AuthStorage
+from controlplane.storage.base_decisions import DecisionStorage
 from controlplane.storage.base_pki import PkiStorage
 
 if TYPE_CHECKING:
@@ -216,7 +217,7 @@ Signer = Callable[[Signable], bytes]
 signed envelope's JSON. Storage passes it assignments (:data:`AssignmentPayload`)."""
 
 
-class Storage(AuthStorage, PkiStorage, Protocol):
+class Storage(AuthStorage, PkiStorage, DecisionStorage, Protocol):
     # ---- agents
     def upsert_agent(self, agent: AgentRecord) -> None: ...
     def touch_agents(self, seen: Mapping[str, tuple[float, Mapping[str, Any]]]) -> None:

@@ -2,8 +2,9 @@
 
 Layered like ``SqliteStorage``: ``PostgresDb`` (pool, transactions, migrations),
 ``PgReportTables`` (reports, pauses, escalations, leases), ``PgSecurityTables`` (tokens, audit,
-PKI), and this module: agents, bundles, assignments and rollouts. Same tables (the SQLite
-migrations, translated), same semantics, every method one transaction.
+PKI), ``PgDecisionTables`` (approval decisions queued for another replica), and this module:
+agents, bundles, assignments and rollouts. Same tables (the SQLite migrations, translated), same
+semantics, every method one transaction.
 
 What changes with several writers: SQLite has one writer at a time, PostgreSQL does not. Where a
 method reads, decides and writes, it takes a lock first. ``issue_assignments`` takes a
@@ -35,6 +36,7 @@ from controlplane.storage.base import (
     settle_rollout_host,
 )
 from controlplane.storage.postgres_db import Conn, as_row
+from controlplane.storage.postgres_decisions import PgDecisionTables
 from controlplane.storage.postgres_reports import PgReportTables
 from controlplane.storage.postgres_security import PgSecurityTables
 
@@ -59,7 +61,7 @@ ASSIGNMENT_LOCK = 0x57A2C4
 """First key of the per-host advisory lock taken while issuing assignments."""
 
 
-class PostgresStorage(PgReportTables, PgSecurityTables):
+class PostgresStorage(PgReportTables, PgSecurityTables, PgDecisionTables):
     # ---- agents ------------------------------------------------------------------------------
 
     def upsert_agent(self, agent: AgentRecord) -> None:

@@ -92,6 +92,17 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE agents ADD COLUMN replica TEXT NOT NULL DEFAULT '';
     """,
+    # v4: signed approval decisions waiting for the replica that holds the host's stream
+    # (``controlplane.approvals``): queued by the replica the operator called, sent and marked
+    # delivered by exactly one replica, deleted once expired.
+    """
+    CREATE TABLE approval_decisions (
+        nonce TEXT PRIMARY KEY, host_id TEXT NOT NULL, approval_id TEXT NOT NULL,
+        envelope BLOB NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL,
+        queued_by TEXT NOT NULL DEFAULT '', delivered_at REAL NOT NULL DEFAULT 0,
+        delivered_by TEXT NOT NULL DEFAULT '');
+    CREATE INDEX approval_decisions_by_expiry ON approval_decisions (expires_at);
+    """,
 )
 
 

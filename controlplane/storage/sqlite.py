@@ -1,7 +1,8 @@
 """``SqliteStorage``: the control plane's state in one SQLite file (WAL, synchronous=FULL).
 
 The class is layered by concern: ``SqliteDb`` (connection, pragmas, migrations, transactions),
-``ReportTables`` (reports with exactly-once inserts, pauses, escalations, leases), and this module:
+``ReportTables`` (reports with exactly-once inserts, pauses, escalations, leases),
+``DecisionTables`` (approval decisions queued for another replica), and this module:
 agents, bundles, assignments and rollouts. Together they implement the ``Storage`` Protocol;
 every method is one transaction.
 """
@@ -29,6 +30,7 @@ from controlplane.storage.base import (
     settle_rollout_host,
 )
 from controlplane.storage.sqlite_auth import AuthTables
+from controlplane.storage.sqlite_decisions import DecisionTables
 from controlplane.storage.sqlite_pki import PkiTables
 from controlplane.storage.sqlite_reports import ReportTables
 
@@ -39,7 +41,7 @@ ROLLOUT_HOST_UPSERT = (
 )
 
 
-class SqliteStorage(ReportTables, AuthTables, PkiTables):
+class SqliteStorage(ReportTables, AuthTables, PkiTables, DecisionTables):
     # ---- agents ------------------------------------------------------------------------------
 
     def upsert_agent(self, agent: AgentRecord) -> None:
