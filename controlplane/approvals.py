@@ -13,10 +13,28 @@ same list.
 Deciding. :func:`decide` finds the pending approval, signs a decision
 (``agent.fleet.approval.ApprovalDecision``: host, approval id, policy, approve or reject, who,
 issued/expiry and a random nonce) with the control plane's online key under its own DSSE payload
-type, and puts it on the host's live stream. A host that is not connected is refused with
-FAILED_PRECONDITION: a decision is never queued, because an operator who approved a fix at 03:00
-must not see it run at 09:00 unannounced. Then it waits (briefly, bounded) for the agent's report
-that carries the nonce: applied, or refused with the agent's reason.
+type, and gets it to the host's live stream, wherever that stream is:
+
+- on this replica: put on the stream at once;
+- on another replica sharing the database (the agents table says the host is connected, to that
+  replica, and heard from within ``lost_after``): queued in storage (``approval_decisions``,
+  ``controlplane.storage.base_decisions``). Every replica's delivery pass
+  (``controlplane.rollout_lease.Delivery``, each tick) sends the queued decisions of the hosts
+  streaming to it, claiming each in storage first so exactly one replica sends it;
+- nowhere: refused with FAILED_PRECONDITION. A decision is never queued for a disconnected host,
+  because an operator who approved a fix at 03:00 must not see it run at 09:00 unannounced.
+
+Then it waits (bounded by ``wait``) for the agent's report that carries the nonce, which reaches
+the shared store through whichever replica the agent streams to: applied, or refused with the
+agent's reason. A queued decision that no replica has sent by the end of that wait is withdrawn
+(claimed by the deciding replica, so none sends it later) and the call is refused: the operator
+learns now that nothing happened, rather than a fix starting minutes later. A decision claimed
+but not yet answered is reported sent and unconfirmed, as for a local stream. The signed decision
+carries its own expiry (``ttl``), so an agent refuses it after that whatever the path, and
+expired queued rows are deleted by the delivery pass.
+
+Audit and roles do not change with the path: the Admin API's auth interceptor records
+``approval.decide`` on the replica the operator called, and the web console does the same.
 """
 
 from __future__ import annotations
@@ -31,8 +49,9 @@ from typing import Any
 from agent.fleet.approval import KIND, MAX_VALIDITY, REFUSED, ApprovalDecision
 from controlplane.errors import InvalidRequest, NotFound, Refused
 from controlplane.plane import ControlPlane
-from controlplane.storage.base import Report, ReportQuery
-from stanch.v1 import fleet_pb2
+from controlplane.rollout_lease import decision_message
+from controlplane.storage.base import AgentRecord, Report, ReportQuery
+from controlplane.storage.base_decisions import DecisionRecord
 
 DEFAULT_TTL = 300.0
 """How long a signed decision stays valid when the operator does not say."""
@@ -54,7 +73,7 @@ class PendingApproval:
     message: str
     observed: Mapping[str, Any] = field(default_factory=dict)
     connected: bool = False
-    """The host has a live stream now: a decision can be sent."""
+    """The host has a live stream now, to this replica or another: a decision can be sent."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +90,9 @@ class DecideResult:
     expires_at: float
     confirmed: bool
     """The agent reported applying it within the wait (False: sent, answer not seen yet)."""
+    via: str = ""
+    """The replica that holds the host's stream when it is not this one (the decision was
+    queued for it); "" when sent on this replica's stream."""
     outcome: str = ""
     """approved | rejected when confirmed."""
     message: str = ""
@@ -82,9 +104,9 @@ async def pending(plane: ControlPlane) -> list[PendingApproval]:
     now = plane.clock.now()
     query = ReportQuery(kind=KIND, since=now - LOOKBACK, limit=MAX_REPORTS)
     reports = await plane.store.run(plane.db.reports, query)
-    hosts = {a.host_id for a in await plane.store.run(plane.db.agents)}
+    hosts = {a.host_id: a for a in await plane.store.run(plane.db.agents, False)}
     found = [
-        _pending(r, body, plane)
+        _pending(r, body, plane, hosts[r.host_id], now)
         for r, body in _latest(reports).values()
         if r.outcome == "pending" and r.host_id in hosts
     ]
@@ -105,7 +127,9 @@ def _latest(reports: list[Report]) -> dict[tuple[str, str], tuple[Report, dict[s
     return newest
 
 
-def _pending(report: Report, body: Mapping[str, Any], plane: ControlPlane) -> PendingApproval:
+def _pending(
+    report: Report, body: Mapping[str, Any], plane: ControlPlane, agent: AgentRecord, now: float
+) -> PendingApproval:
     observed = body.get("observed")
     return PendingApproval(
         host_id=report.host_id,
@@ -115,8 +139,23 @@ def _pending(report: Report, body: Mapping[str, Any], plane: ControlPlane) -> Pe
         expires_at=_number(body.get("expires_at"), 0.0),
         message=str(body.get("message", "")),
         observed=observed if isinstance(observed, dict) else {},
-        connected=plane.connections.get(report.host_id) is not None,
+        connected=plane.connections.get(report.host_id) is not None
+        or bool(streaming_elsewhere(plane, agent, now)),
     )
+
+
+def streaming_elsewhere(plane: ControlPlane, agent: AgentRecord | None, now: float) -> str:
+    """The other replica that holds ``agent``'s stream, or "" (none, or this one).
+
+    As the fleet view judges it: stored as connected and heard from within ``lost_after`` (a
+    replica killed without its stop leaves its agents' rows connected; such a host counts as
+    connected nowhere until it streams again). Heartbeats reach the store through the holding
+    replica's presence flush; silence counts only since this replica started."""
+    if agent is None or not agent.connected or agent.replica in ("", plane.settings.holder):
+        return ""
+    timing = plane.engine.timing
+    seen = max(agent.last_seen, timing.alive_floor)
+    return agent.replica if now - seen <= timing.lost_after else ""
 
 
 async def decide(
@@ -147,14 +186,17 @@ async def decide(
             "asked); see `opsctl approvals list`"
         )
     target = chosen[0]
-    conn = plane.connections.get(host_id)
-    if conn is None:
-        raise Refused(
-            f"{host_id} is not connected; the decision was not sent (decisions are never "
-            f"queued). Retry when it is back, or on the host: "
-            f"stanch-agent {'approve' if approve else 'reject'} {target.approval_id}"
-        )
     now = plane.clock.now()
+    conn = plane.connections.get(host_id)
+    via = ""
+    if conn is None:
+        via = streaming_elsewhere(plane, await plane.store.run(plane.db.agent, host_id), now)
+        if not via:
+            raise Refused(
+                f"{host_id} is not connected; the decision was not sent (decisions are never "
+                f"queued). Retry when it is back, or on the host: "
+                f"stanch-agent {'approve' if approve else 'reject'} {target.approval_id}"
+            )
     decision = ApprovalDecision(
         host_id=host_id,
         approval_id=target.approval_id,
@@ -167,12 +209,24 @@ async def decide(
         reason=reason,
     )
     envelope = sign_decision(plane, decision)
-    message = fleet_pb2.ControlMessage(
-        approval_decision=fleet_pb2.SignedApprovalDecision(envelope=envelope)
-    )
-    if not conn.send(message):
-        raise Refused(f"{host_id}: its stream closed as the decision was sent; retry")
-    answer = await _answer(plane, host_id, decision.nonce, wait)
+    if conn is not None:
+        if not conn.send(decision_message(envelope)):
+            raise Refused(f"{host_id}: its stream closed as the decision was sent; retry")
+        answer = await _answer(plane, host_id, decision.nonce, wait)
+    else:
+        queued = DecisionRecord(
+            host_id=host_id,
+            nonce=decision.nonce,
+            approval_id=decision.approval_id,
+            envelope=envelope,
+            created_at=decision.issued_at,
+            expires_at=decision.expires_at,
+            queued_by=plane.settings.holder,
+        )
+        await plane.store.run(plane.db.queue_decision, queued)
+        answer = await _answer(plane, host_id, decision.nonce, wait)
+        if answer is None:
+            await _withdraw_unsent(plane, queued, via, wait)
     result = DecideResult(
         host_id=host_id,
         approval_id=decision.approval_id,
@@ -183,6 +237,7 @@ async def decide(
         issued_at=decision.issued_at,
         expires_at=decision.expires_at,
         confirmed=answer is not None,
+        via=via,
     )
     if answer is None:
         return replace(result, message=f"sent; no answer from {host_id} within {wait:g}s")
@@ -190,6 +245,23 @@ async def decide(
         text = str(_body(answer).get("message", ""))
         raise Refused(f"{host_id} refused the decision ({answer.reason}): {text}")
     return replace(result, outcome=answer.outcome, message=f"{answer.outcome} on {host_id}")
+
+
+async def _withdraw_unsent(
+    plane: ControlPlane, queued: DecisionRecord, via: str, wait: float
+) -> None:
+    """No answer within the wait: if no replica has sent the queued decision yet, take it back
+    (claim it here, so none sends it later) and refuse; if one has, it stays sent."""
+    withdrawn = f"{plane.settings.holder} (withdrawn: not delivered)"
+    taken = await plane.store.run(
+        plane.db.claim_decision, queued.nonce, withdrawn, plane.clock.now()
+    )
+    if taken:
+        raise Refused(
+            f"{queued.host_id} streams to replica {via!r}, which did not deliver the decision "
+            f"within {wait:g}s; it was withdrawn, not sent (decisions are never left queued). "
+            f"Retry, or check that replica {via!r} is healthy (its log, `opsctl agents list`)"
+        )
 
 
 def sign_decision(plane: ControlPlane, decision: ApprovalDecision) -> bytes:

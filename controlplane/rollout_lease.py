@@ -9,21 +9,35 @@ audit log as the control plane's own action.
 
 An assignment is sent first by the replica that issued it, to its own streams only. Every replica
 runs :class:`Delivery` each tick: assignments issued anywhere (the driver's steps, an operator's
-abort on any replica) reach the hosts streaming to it within a tick, each once per stream.
+abort on any replica) reach the hosts streaming to it within a tick, each once per stream. The
+same pass sends the approval decisions an operator made through another replica
+(``controlplane.approvals``) to the hosts streaming here, each exactly once across replicas.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
-from agent.clock import Clock
+from agent.clock import Clock, SystemClock
 from controlplane.audit import AuditLog
 from controlplane.audit_system import record_automatic
 from controlplane.connections import Connections
+from controlplane.storage.base_decisions import DecisionRecord
 from controlplane.storage.runner import StorageThread
+from stanch.v1 import fleet_pb2
 
 log = logging.getLogger("stanch.cp.rollouts")
 LEASE = "rollout-driver"
+PURGE_EVERY = 60.0
+"""Seconds between deletions of expired queued decisions (an expired one is never sent anyway)."""
+
+
+def decision_message(envelope: bytes) -> fleet_pb2.ControlMessage:
+    """A signed approval decision as it goes on an agent's stream."""
+    return fleet_pb2.ControlMessage(
+        approval_decision=fleet_pb2.SignedApprovalDecision(envelope=envelope)
+    )
 
 
 class DriverLease:
@@ -91,23 +105,43 @@ class DriverLease:
 
 
 class Delivery:
-    """Sends each stored, pending assignment to the host's stream on this replica, if it has one.
-    Reads only assignments still pending (few once a wave has applied), not every host's.
+    """Sends what storage holds for the hosts streaming to this replica: each pending assignment,
+    and each approval decision queued by another replica. Reads only assignments still pending
+    (few once a wave has applied) and decisions still waiting (usually none), not every host's.
 
     Runs every tick on every replica, driver or not: the driver's assigner sends what it issues
     to its own streams, but an operator's abort or rollback handled by another replica issues
     assignments there, and hosts streaming to a third replica (or to the driver) would otherwise
     get them only when they reconnect. Each stream remembers the highest sequence it carried
     (``Connection.sent_seq``, set from the Hello when it opens), so a sequence the assigner, the
-    Hello or an earlier pass already sent is never sent twice on one stream."""
+    Hello or an earlier pass already sent is never sent twice on one stream.
 
-    def __init__(self, store: StorageThread, connections: Connections) -> None:
+    A queued decision is claimed in storage before it is sent (``claim_decision``: one replica
+    wins), so a host seen by two replicas during a reconnect still gets it once; if the stream
+    closed before the decision could be queued on it, the claim is given back for the replica
+    the host reconnects to. Expired decisions are never sent, and are deleted every
+    :data:`PURGE_EVERY` seconds.
+
+    ``clock`` and ``replica`` (``Settings.holder``, recorded as ``delivered_by``) default to the
+    wall clock and "" for callers that predate decisions."""
+
+    def __init__(
+        self,
+        store: StorageThread,
+        connections: Connections,
+        clock: Clock | None = None,
+        replica: str = "",
+    ) -> None:
         self.store = store
         self.db = store.storage
         self.connections = connections
+        self.clock: Clock = clock or SystemClock()
+        self.replica = replica
+        self._next_purge = -math.inf
 
     async def deliver(self) -> int:
-        """One pass; returns how many assignments it queued."""
+        """One pass; returns how many assignments and decisions it queued on streams."""
+        await self._purge()
         if not len(self.connections):
             return 0
         sent = 0
@@ -115,4 +149,47 @@ class Delivery:
             conn = self.connections.get(record.host_id)
             if conn is not None and conn.send_assignment(record):
                 sent += 1
+        try:
+            sent += await self._decisions()
+        except Exception:  # a decision problem must not stop assignments, nor the rollout tick
+            log.exception("approval decisions: delivery pass failed; retried next tick")
         return sent
+
+    async def _decisions(self) -> int:
+        now = self.clock.now()
+        sent = 0
+        for decision in await self.store.run(self.db.undelivered_decisions, now):
+            conn = self.connections.get(decision.host_id)
+            if conn is None or conn.closed:
+                continue
+            if not await self.store.run(self.db.claim_decision, decision.nonce, self.replica, now):
+                continue  # another replica sent it (or it expired in between)
+            if conn.send(decision_message(decision.envelope)):
+                sent += 1
+                _log_sent(decision, self.replica)
+            else:
+                await self.store.run(self.db.unclaim_decision, decision.nonce, self.replica)
+        return sent
+
+    async def _purge(self) -> None:
+        if self.clock.monotonic() < self._next_purge:
+            return
+        self._next_purge = self.clock.monotonic() + PURGE_EVERY
+        try:
+            gone = await self.store.run(self.db.purge_decisions, self.clock.now())
+        except Exception:  # housekeeping only: an expired decision is never sent anyway
+            log.exception("approval decisions: purge failed; retried in %gs", PURGE_EVERY)
+            return
+        if gone:
+            log.info("approval decisions: deleted %d expired", gone)
+
+
+def _log_sent(decision: DecisionRecord, replica: str) -> None:
+    log.info(
+        "approval decision %s for %s (approval %s), queued by %s, sent by %s",
+        decision.nonce,
+        decision.host_id,
+        decision.approval_id,
+        decision.queued_by or "?",
+        replica or "this replica",
+    )

@@ -1,7 +1,9 @@
 """``controlplane.approvals`` on a real ControlPlane over real SQLite (not started: no server).
 
 What the list is made of (the newest approval report per host and id), how a decision is signed
-(its own payload type, the assignment key), and every refusal before anything is sent.
+(its own payload type, the assignment key), every refusal before anything is sent, and a host
+streaming to another replica: reached through that replica's delivery pass (a second
+``Delivery`` on the same store), or the decision withdrawn when no pass sends it in time.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.bundle.keys import key_id
 from agent.clock import FakeClock
-from agent.fleet.approval import DECISION_PAYLOAD_TYPE, verify_decision
+from agent.fleet.approval import DECISION_PAYLOAD_TYPE, ApprovalDecision, verify_decision
 from agent.fleet.assignment import AssignmentRejected, verify_assignment
 from controlplane import approvals
 from controlplane.assignments import make_signer
 from controlplane.bundle_fixtures import KeyRing
+from controlplane.connections import Connections
 from controlplane.errors import InvalidRequest, NotFound, Refused
 from controlplane.plane import ControlPlane
+from controlplane.rollout_lease import Delivery
 from controlplane.storage.base import AgentRecord, Report
 from controlplane.storage.sqlite import SqliteStorage
 from stanch.v1 import fleet_pb2
@@ -141,3 +145,88 @@ def test_a_connected_host_gets_a_signed_decision(plane: ControlPlane) -> None:
     assert (sent.approval_id, sent.policy, sent.approve, sent.by) == ("a1", "app", True, "alice")
     assert (sent.issued_at, sent.expires_at, sent.reason) == (T0, T0 + 120.0, "INC-7")
     assert sent.nonce == result.nonce and len(sent.nonce) == 32
+
+
+def streaming_to(plane: ControlPlane, host: str, replica: str, seen: float = T0) -> None:
+    """The agents table says ``host`` streams to ``replica`` (as that replica writes it)."""
+    plane.db.upsert_agent(
+        AgentRecord(host, {"env": "prod"}, last_seen=seen, connected=True, replica=replica)
+    )
+
+
+def test_a_host_on_another_replica_gets_the_decision_through_its_pass(
+    plane: ControlPlane,
+) -> None:
+    """web-1 streams to replica cp-b (same store, its own streams and delivery pass); deciding
+    here queues the signed decision, cp-b's pass sends it on web-1's stream, and the agent's
+    answer, stored by cp-b, confirms it here."""
+    plane.db.insert_reports([report("web-1", 1, "pending", "a1")])
+    streaming_to(plane, "web-1", "cp-b")
+    [listed] = asyncio.run(approvals.pending(plane))
+    assert listed.connected  # connected, though not here
+    theirs = Connections()
+    stream = theirs.open("web-1", {"env": "prod"})
+    their_pass = Delivery(plane.store, theirs, plane.clock, "cp-b")
+
+    async def agent_side() -> ApprovalDecision:
+        """cp-b's passes until the decision reaches the stream, then the agent's report."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while stream.queue.empty():
+            assert loop.time() < deadline, "cp-b's pass never sent the decision"
+            await their_pass.deliver()
+            await asyncio.sleep(0.05)
+        message = stream.queue.get_nowait()
+        assert message is not None
+        sent = verify_decision(message.approval_decision.envelope, KEYS, "web-1")
+        answer = report("web-1", 2, "approved", "a1", nonce=sent.nonce)
+        await plane.store.run(plane.db.insert_reports, [answer])
+        return sent
+
+    async def both() -> tuple[approvals.DecideResult, ApprovalDecision]:
+        agent = asyncio.create_task(agent_side())
+        result = await approvals.decide(plane, "web-1", "app", True, "alice", 60.0, wait=10)
+        return result, await agent
+
+    result, sent = asyncio.run(both())
+    assert (result.confirmed, result.outcome, result.via) == (True, "approved", "cp-b")
+    assert (sent.nonce, sent.approval_id, sent.by, sent.expires_at) == (
+        result.nonce,
+        "a1",
+        "alice",
+        T0 + 60.0,
+    )
+    stored = plane.db.decision(result.nonce)
+    assert stored is not None and (stored.queued_by, stored.delivered_by) == ("local", "cp-b")
+    assert asyncio.run(their_pass.deliver()) == 0 and stream.queue.empty()  # once
+
+
+def test_a_decision_no_replica_delivers_is_withdrawn_not_left_queued(plane: ControlPlane) -> None:
+    plane.db.insert_reports([report("web-1", 1, "pending", "a1")])
+    streaming_to(plane, "web-1", "cp-b")  # says cp-b, but cp-b's pass never runs
+    with pytest.raises(Refused, match="did not deliver the decision within 0.3s; it was withdrawn"):
+        decide(plane, "web-1", "a1", wait=0.3)
+    assert plane.db.undelivered_decisions(T0) == []
+    theirs = Connections()
+    stream = theirs.open("web-1", {"env": "prod"})
+    assert asyncio.run(Delivery(plane.store, theirs, plane.clock, "cp-b").deliver()) == 0
+    assert stream.queue.empty()  # cp-b coming back later sends nothing
+
+
+def test_connected_nowhere_is_refused_whatever_the_table_says(plane: ControlPlane) -> None:
+    plane.db.insert_reports([report("web-1", 1, "pending", "a1")])
+    refused = "web-1 is not connected; the decision was not sent"
+    streaming_to(plane, "web-1", "local")  # this replica's own row, but no stream here
+    with pytest.raises(Refused, match=refused):
+        decide(plane, "web-1", "a1")
+    streaming_to(plane, "web-1", "cp-b")
+    plane.db.set_connected("web-1", False, T0, "cp-b")  # cp-b saw the stream end
+    with pytest.raises(Refused, match=refused):
+        decide(plane, "web-1", "a1")
+    streaming_to(plane, "web-1", "cp-b")
+    assert isinstance(plane.clock, FakeClock)
+    plane.clock.advance(plane.settings.lost_after + 1)  # cp-b killed: its row still says so
+    with pytest.raises(Refused, match=refused):
+        decide(plane, "web-1", "a1")
+    assert [p.connected for p in asyncio.run(approvals.pending(plane))] == [False]
+    assert plane.db.undelivered_decisions(0.0) == []  # nothing was queued
