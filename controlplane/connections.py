@@ -6,6 +6,10 @@ Queues are per connection, so a slow agent never delays another. A host that con
 (a reconnect racing the old stream's teardown, or two agents misconfigured with one host id)
 replaces the older stream, which is told to close: one host, one stream.
 
+Each stream remembers the serial of the client certificate it was opened with (empty in
+``--insecure`` mode, or when the opener did not say), so revoking that one certificate cuts the
+stream at once (:meth:`Connections.cut_certificate`), as revoking the whole host does.
+
 Each stream also remembers the highest assignment sequence it carried (or the agent said in its
 Hello that it holds). Several senders may find the same assignment: the assigner right after
 issuing it, and every replica's delivery pass that reads it back from storage. Each sequence goes
@@ -38,6 +42,8 @@ class Connection:
     closed: bool = False
     sent_seq: int = 0
     """The highest assignment sequence sent on this stream, or held by the agent (Hello)."""
+    serial: str = ""
+    """The serial (lower-case hex) of the certificate the stream was opened with; "" unknown."""
 
     def send_assignment(self, record: AssignmentRecord, *, again: bool = False) -> bool:
         """Queue ``record`` unless this stream already carried its sequence or a higher one;
@@ -84,13 +90,17 @@ class Connections:
         peer: str = "",
         agent_version: str = "",
         held_seq: int = 0,
+        serial: str = "",
     ) -> Connection:
         """Register a new stream; ``held_seq`` is the highest assignment sequence the agent
-        accepted (its Hello): nothing at or below it is sent."""
+        accepted (its Hello): nothing at or below it is sent. ``serial``: the verified client
+        certificate's (``identity.peer_serial``)."""
         old = self._by_host.get(host_id)
         if old is not None:
             old.close()
-        conn = Connection(host_id, dict(labels), peer, agent_version, sent_seq=held_seq)
+        conn = Connection(
+            host_id, dict(labels), peer, agent_version, sent_seq=held_seq, serial=serial
+        )
         self._by_host[host_id] = conn
         return conn
 
@@ -101,6 +111,21 @@ class Connections:
             del self._by_host[conn.host_id]
             return True
         return False
+
+    def cut_certificate(self, serial: str, host_id: str = "") -> list[str]:
+        """Close every stream opened with certificate ``serial`` (just revoked), and
+        ``host_id``'s stream (the host the certificate was issued to) when its serial is
+        unknown: cut to be safe; if it ran on another, valid certificate, the agent reconnects.
+        The hosts whose stream was closed."""
+        cut = [
+            conn
+            for conn in self._by_host.values()
+            if not conn.closed
+            and (conn.serial == serial or (conn.host_id == host_id and not conn.serial))
+        ]
+        for conn in cut:
+            conn.close()
+        return [conn.host_id for conn in cut]
 
     def get(self, host_id: str) -> Connection | None:
         return self._by_host.get(host_id)

@@ -7,6 +7,8 @@ leaves its old certificates revoked: the host enrolls again with a fresh token.
 ``RevokeCertificate`` revokes one serial (operator certificates are issued offline, so the
 serial may be new to the table) or an operator name; the auth interceptor refuses both
 (``controlplane.pki_revocation``), on this replica at once and on the others within seconds.
+A host certificate's serial also closes the live stream opened with it, on this replica
+(``Connections.cut_certificate``); its reconnect is refused by ``identity.admit``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,11 @@ from controlplane.errors import InvalidRequest, NotFound
 from controlplane.pki_issue import new_token, valid_host_id
 from controlplane.plane import ControlPlane
 from controlplane.status_codes import api_errors
-from controlplane.storage.base_pki import UNKNOWN_OPERATOR, EnrollmentTokenRecord
+from controlplane.storage.base_pki import (
+    OPERATOR_SUBJECT,
+    UNKNOWN_OPERATOR,
+    EnrollmentTokenRecord,
+)
 from stanch.v1 import pki_pb2, pki_pb2_grpc
 
 log = logging.getLogger("stanch.cp.pki")
@@ -156,7 +162,16 @@ class PkiService(pki_pb2_grpc.PkiServicer):
         self.plane.auth.revocations.invalidate()
         record = await self.run(db.certificate, serial)
         subject = record.host_id if record is not None else UNKNOWN_OPERATOR
-        log.warning("certificate %s (%s) revoked by %r (%s)", serial, subject, by, request.reason)
+        host = "" if subject.startswith(OPERATOR_SUBJECT) else subject
+        cut = self.plane.connections.cut_certificate(serial, host)
+        log.warning(
+            "certificate %s (%s) revoked by %r (%s): live streams cut: %s",
+            serial,
+            subject,
+            by,
+            request.reason,
+            ", ".join(cut) or "none",
+        )
         return pki_pb2.RevokeCertificateResponse(
             serial=serial, subject=subject, newly_revoked=fresh
         )
