@@ -33,10 +33,12 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from agent.clock import Clock
-from controlplane.errors import InvalidRequest
+from controlplane.errors import InvalidRequest, NotFound, Refused
 from controlplane.pki_revocation import OperatorRevocations
+from controlplane.security_events import SecurityEvents
 from controlplane.storage.base_auth import ApiTokenRecord
 from controlplane.storage.runner import StorageThread
+from controlplane.storage.token_roles import RoleChange, set_api_token_role
 
 log = logging.getLogger("stanch.cp.auth")
 ROLES = ("viewer", "operator", "admin")
@@ -61,6 +63,9 @@ LEGACY_ADMIN = Principal("legacy-admin-token", "admin", "token")
 _current: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
     "stanch_principal", default=None
 )
+_notes: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "stanch_audit_notes", default=None
+)
 
 
 def allows(principal: Principal, needed_role: str) -> bool:
@@ -81,6 +86,22 @@ def set_principal(principal: Principal | None) -> contextvars.Token[Principal | 
 
 def reset_principal(token: contextvars.Token[Principal | None]) -> None:
     _current.reset(token)
+
+
+def open_audit_notes() -> dict[str, Any]:
+    """A fresh set of notes for the call being handled (the interceptor opens one per call and
+    adds it to the call's audit entry ``detail``)."""
+    notes: dict[str, Any] = {}
+    _notes.set(notes)
+    return notes
+
+
+def note_audit(**fields: Any) -> None:
+    """Add what only the handler knows to the call's audit entry (e.g. a token's role before
+    the change). Outside an audited call, nothing is recorded."""
+    notes = _notes.get()
+    if notes is not None:
+        notes.update(fields)
 
 
 def actor(claimed: str = "") -> str:
@@ -159,6 +180,8 @@ class Authenticator:
         self._touched: dict[str, float] = {}
         self.revocations = OperatorRevocations(store, clock)
         """Revoked operator certificates and names (cached; see ``pki_revocation``)."""
+        self.events = SecurityEvents()
+        """Enrollment, renewal and operator authentication outcomes, for metrics."""
 
     def accept_legacy(self, token: str | None) -> None:
         """The deprecated shared admin token (``--admin-token-env``); None: none."""
@@ -249,6 +272,37 @@ class Authenticator:
             self.db.revoke_api_token, token_id, self.clock.now()
         )
         return revoked
+
+    async def set_role(self, token_or_id: str, role: str) -> RoleChange:
+        """Give token ``token_or_id`` a new role, effective from its next call (roles are read
+        from storage on every call). A revoked token stays revoked: changing its role is refused,
+        as it could only mislead a reader of ``tokens list``."""
+        check_role(role)
+        parts = split_token(token_or_id)
+        token_id = parts[0] if parts else token_or_id
+        record: ApiTokenRecord | None = await self.store.run(self.db.api_token, token_id)
+        if record is None:
+            raise NotFound(f"token {token_id[:24]!r}: no such token; see 'opsctl tokens list'")
+        if record.revoked_at:
+            raise Refused(
+                f"token {token_id!r} is revoked; create a new one with "
+                f"'opsctl tokens create --name {record.name} --role {role}'"
+            )
+        change: RoleChange | None = await self.store.run(
+            set_api_token_role, self.db, token_id, role
+        )
+        if change is None:  # deleted in between: tokens are never deleted, but say it right
+            raise NotFound(f"token {token_id[:24]!r}: no such token; see 'opsctl tokens list'")
+        note_audit(old_role=change.old_role, new_role=change.token.role, holder=record.name)
+        log.warning(
+            "token %s (%s): role %s -> %s by %s",
+            token_id,
+            record.name,
+            change.old_role,
+            change.token.role,
+            actor(),
+        )
+        return change
 
 
 # ---- operator certificates ---------------------------------------------------------------------

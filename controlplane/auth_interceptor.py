@@ -14,7 +14,13 @@ not the TLS peer certificate, nor the peer address). It therefore returns the se
 4. appends an audit entry for every mutating call once its outcome is known: ``ok`` or the
    status code name, refusals for lack of role included. Calls that could not be authenticated
    are not written to the audit log (an anonymous flood must not be able to bury it); the
-   metrics interceptor counts them by code.
+   metrics interceptor counts them by code. A handler may add what only it knows to the
+   entry's ``detail`` (``controlplane.auth.note_audit``: a token's role before a change).
+
+Every decision is also counted by method and result (``Authenticator.events``, exported as
+``stanch_cp_operator_authentications_total``): ``ok``, ``unauthenticated`` or
+``permission_denied``, for a ``token``, a ``certificate``, the ``insecure_dev`` admin or
+``none`` (no credential at all).
 
 Services named in ``roles.OPEN_PREFIXES`` (agents, health, reflection) pass untouched.
 """
@@ -36,10 +42,12 @@ from controlplane.auth import (
     Principal,
     allows,
     bearer,
+    open_audit_notes,
     reset_principal,
     set_principal,
 )
 from controlplane.grpc_wrap import rewrap
+from controlplane.security_events import VIA_METHOD
 
 log = logging.getLogger("stanch.cp.auth")
 Q = TypeVar("Q")
@@ -96,11 +104,15 @@ class Call:
     async def admit(self, request: Any, context: Context) -> Principal:
         """The caller, allowed to make this call; otherwise the call is aborted here."""
         principal = await self._authenticate(context)
+        events = self.auth.events
         if principal is None:
+            events.authenticated(self._attempted(context), "unauthenticated")
             log.info("refused %s from %s: not authenticated", self.method, context.peer())
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED)
             raise AssertionError("unreachable: abort raises")  # pragma: no cover
+        method = VIA_METHOD.get(principal.via, "none")
         if not allows(principal, self.needed):
+            events.authenticated(method, "permission_denied")
             log.warning(
                 "refused %s for %s (%s): needs %s",
                 self.method,
@@ -111,7 +123,19 @@ class Call:
             if self.mutating:
                 await self._record(principal, request, context, "PERMISSION_DENIED")
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, DENIED)
+        events.authenticated(method, "ok")
         return principal
+
+    def _attempted(self, context: Context) -> str:
+        """How a caller that could not be authenticated tried: its token, else its
+        certificate (an unknown, revoked or host one), else nothing."""
+        if self.token is not None:
+            return "token"
+        try:
+            presented = bool((context.auth_context() or {}).get("x509_pem_cert"))
+        except Exception:  # a context without TLS answers oddly; no certificate then
+            presented = False
+        return "certificate" if presented else "none"
 
     async def _authenticate(self, context: Context) -> Principal | None:
         if self.token is not None:
@@ -125,18 +149,31 @@ class Call:
         return principal or await self.auth.dev_principal()
 
     async def _record(
-        self, principal: Principal, request: Any, context: Context, result: str
+        self,
+        principal: Principal,
+        request: Any,
+        context: Context,
+        result: str,
+        notes: dict[str, Any] | None = None,
     ) -> None:
         action, target, detail = summarize(self.method, request)
+        detail.update(notes or {})
         try:
             await self.audit.record(principal, action, target, context.peer(), result, detail)
         except Exception:
             log.exception("AUDIT WRITE FAILED for %s by %s (%s)", action, principal.name, result)
 
-    async def finish(self, principal: Principal, request: Any, context: Context, code: str) -> None:
+    async def finish(
+        self,
+        principal: Principal,
+        request: Any,
+        context: Context,
+        code: str,
+        notes: dict[str, Any],
+    ) -> None:
         if self.mutating:
             result = "ok" if code == "OK" else code
-            await asyncio.shield(self._record(principal, request, context, result))
+            await asyncio.shield(self._record(principal, request, context, result, notes))
 
     def guard_call(
         self, behavior: Callable[[Any, Context], Awaitable[Any]], unary: bool
@@ -144,6 +181,7 @@ class Call:
         async def guarded(request: Any, context: Context) -> Any:
             principal = await self.admit(request if unary else None, context)
             reset = set_principal(principal)
+            notes = open_audit_notes()  # grpc runs each call in a task (a context) of its own
             code = "UNKNOWN"
             try:
                 response = await behavior(request, context)
@@ -155,7 +193,7 @@ class Call:
             finally:
                 with contextlib.suppress(ValueError):  # reset from another context: harmless
                     reset_principal(reset)
-                await self.finish(principal, request if unary else None, context, code)
+                await self.finish(principal, request if unary else None, context, code, notes)
 
         return guarded
 
@@ -165,6 +203,7 @@ class Call:
         async def guarded(request: Any, context: Context) -> AsyncGenerator[Any, None]:
             principal = await self.admit(request if unary else None, context)
             set_principal(principal)  # this generator's own context: nothing to reset
+            notes = open_audit_notes()
             code = "UNKNOWN"
             try:
                 async with contextlib.aclosing(behavior(request, context)) as responses:
@@ -175,7 +214,7 @@ class Call:
                 code = "CANCELLED" if isinstance(exc, _CANCELLED) else _code(context, "UNKNOWN")
                 raise
             finally:
-                await self.finish(principal, request if unary else None, context, code)
+                await self.finish(principal, request if unary else None, context, code, notes)
 
         return guarded
 

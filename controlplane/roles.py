@@ -51,6 +51,7 @@ METHOD_ROLES: dict[str, tuple[str, bool]] = {
     SECURITY + "CreateToken": ("admin", True),
     SECURITY + "ListTokens": ("admin", False),
     SECURITY + "RevokeToken": ("admin", True),
+    SECURITY + "SetTokenRole": ("admin", True),
     SECURITY + "ListAudit": ("viewer", False),
     SECURITY + "VerifyAudit": ("viewer", False),
     # host identity

@@ -94,6 +94,15 @@ class SecurityService(security_pb2_grpc.SecurityServicer):
         return token_info(revoked)
 
     @api_errors
+    async def SetTokenRole(  # noqa: N802
+        self, request: security_pb2.SetTokenRoleRequest, context: Context
+    ) -> security_pb2.SetTokenRoleResponse:
+        change = await self.auth.set_role(request.id, request.role)
+        return security_pb2.SetTokenRoleResponse(
+            info=token_info(change.token), old_role=change.old_role
+        )
+
+    @api_errors
     async def ListAudit(  # noqa: N802
         self, request: security_pb2.ListAuditRequest, context: Context
     ) -> security_pb2.ListAuditResponse:

@@ -3,6 +3,8 @@
 - ``opsctl tokens create --name alice --role operator [--expires 30d]`` asks the control plane
   (Security service, admin role) and prints the token once: only its hash is kept.
 - ``opsctl tokens list [--all]``, ``opsctl tokens revoke ID``.
+- ``opsctl tokens set-role ID ROLE`` gives a token another role from its next call on (the audit
+  entry ``token.set_role`` keeps the old and the new role); the holder keeps the same secret.
 - ``stanch-cp tokens create --db PATH --name N --role admin [--expires 30d]`` opens the database
   directly, without any token: the bootstrap for the first admin token, and the way back in when
   every admin token is lost. Whoever can open the database file (local root on the control-plane
@@ -78,6 +80,12 @@ def register(subparsers: Any) -> None:
     add_connection_args(revoke)
     add_output_arg(revoke)
     revoke.set_defaults(func=cmd_revoke)
+    set_role = cmds.add_parser("set-role", help="give a token another role (from its next call)")
+    set_role.add_argument("id", help="token id (from 'opsctl tokens list')")
+    set_role.add_argument("role", choices=ROLES)
+    add_connection_args(set_role)
+    add_output_arg(set_role)
+    set_role.set_defaults(func=cmd_set_role)
 
 
 def cmd_create(args: argparse.Namespace) -> int:
@@ -141,6 +149,27 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     finally:
         client.close()
     emit(message_dict(info), args.output, lambda: f"revoked {info.id} ({info.name}, {info.role})")
+    return OK
+
+
+def cmd_set_role(args: argparse.Namespace) -> int:
+    from stanch.v1 import security_pb2
+
+    parts = split_token(args.id)
+    token_id = parts[0] if parts else args.id  # never send a pasted secret over the wire
+    client = SecurityClient.from_args(args)
+    try:
+        response = client.call(
+            "SetTokenRole", security_pb2.SetTokenRoleRequest(id=token_id, role=args.role)
+        )
+    finally:
+        client.close()
+    info = response.info
+    emit(
+        message_dict(response),
+        args.output,
+        lambda: f"token {info.id} ({info.name}): role {response.old_role} -> {info.role}",
+    )
     return OK
 
 

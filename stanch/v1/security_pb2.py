@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18stanch/v1/security.proto\x12\tstanch.v1\"L\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x1a\n\x12\x65xpires_in_seconds\x18\x03 \x01(\x01\"\x99\x01\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\x12\x12\n\nrevoked_at\x18\x06 \x01(\x01\x12\x12\n\ncreated_by\x18\x07 \x01(\t\x12\x14\n\x0clast_used_at\x18\x08 \x01(\x01\"H\n\x13\x43reateTokenResponse\x12\"\n\x04info\x18\x01 \x01(\x0b\x32\x14.stanch.v1.TokenInfo\x12\r\n\x05token\x18\x02 \x01(\t\"-\n\x11ListTokensRequest\x12\x18\n\x10include_inactive\x18\x01 \x01(\x08\":\n\x12ListTokensResponse\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.stanch.v1.TokenInfo\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"\xc5\x01\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\n\n\x02\x61t\x18\x02 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0b\n\x03via\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x0e\n\x06target\x18\x07 \x01(\t\x12\x0e\n\x06source\x18\x08 \x01(\t\x12\x0e\n\x06result\x18\t \x01(\t\x12\x13\n\x0b\x64\x65tail_json\x18\n \x01(\t\x12\x11\n\tprev_hash\x18\x0b \x01(\t\x12\x0c\n\x04hash\x18\x0c \x01(\t\"O\n\x10ListAuditRequest\x12\r\n\x05since\x18\x01 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\";\n\x11ListAuditResponse\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.stanch.v1.AuditEntry\"\x14\n\x12VerifyAuditRequest\"m\n\x13VerifyAuditResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07\x63hecked\x18\x02 \x01(\x03\x12\x15\n\rfirst_bad_seq\x18\x03 \x01(\x03\x12\x0f\n\x07problem\x18\x04 \x01(\t\x12\x11\n\thead_hash\x18\x05 \x01(\t2\xfd\x02\n\x08Security\x12L\n\x0b\x43reateToken\x12\x1d.stanch.v1.CreateTokenRequest\x1a\x1e.stanch.v1.CreateTokenResponse\x12I\n\nListTokens\x12\x1c.stanch.v1.ListTokensRequest\x1a\x1d.stanch.v1.ListTokensResponse\x12\x42\n\x0bRevokeToken\x12\x1d.stanch.v1.RevokeTokenRequest\x1a\x14.stanch.v1.TokenInfo\x12\x46\n\tListAudit\x12\x1b.stanch.v1.ListAuditRequest\x1a\x1c.stanch.v1.ListAuditResponse\x12L\n\x0bVerifyAudit\x12\x1d.stanch.v1.VerifyAuditRequest\x1a\x1e.stanch.v1.VerifyAuditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18stanch/v1/security.proto\x12\tstanch.v1\"L\n\x12\x43reateTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x1a\n\x12\x65xpires_in_seconds\x18\x03 \x01(\x01\"\x99\x01\n\tTokenInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\x12\x12\n\nrevoked_at\x18\x06 \x01(\x01\x12\x12\n\ncreated_by\x18\x07 \x01(\t\x12\x14\n\x0clast_used_at\x18\x08 \x01(\x01\"H\n\x13\x43reateTokenResponse\x12\"\n\x04info\x18\x01 \x01(\x0b\x32\x14.stanch.v1.TokenInfo\x12\r\n\x05token\x18\x02 \x01(\t\"-\n\x11ListTokensRequest\x12\x18\n\x10include_inactive\x18\x01 \x01(\x08\":\n\x12ListTokensResponse\x12$\n\x06tokens\x18\x01 \x03(\x0b\x32\x14.stanch.v1.TokenInfo\" \n\x12RevokeTokenRequest\x12\n\n\x02id\x18\x01 \x01(\t\"/\n\x13SetTokenRoleRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\"L\n\x14SetTokenRoleResponse\x12\"\n\x04info\x18\x01 \x01(\x0b\x32\x14.stanch.v1.TokenInfo\x12\x10\n\x08old_role\x18\x02 \x01(\t\"\xc5\x01\n\nAuditEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\n\n\x02\x61t\x18\x02 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0c\n\x04role\x18\x04 \x01(\t\x12\x0b\n\x03via\x18\x05 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x06 \x01(\t\x12\x0e\n\x06target\x18\x07 \x01(\t\x12\x0e\n\x06source\x18\x08 \x01(\t\x12\x0e\n\x06result\x18\t \x01(\t\x12\x13\n\x0b\x64\x65tail_json\x18\n \x01(\t\x12\x11\n\tprev_hash\x18\x0b \x01(\t\x12\x0c\n\x04hash\x18\x0c \x01(\t\"O\n\x10ListAuditRequest\x12\r\n\x05since\x18\x01 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x02 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\";\n\x11ListAuditResponse\x12&\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x15.stanch.v1.AuditEntry\"\x14\n\x12VerifyAuditRequest\"m\n\x13VerifyAuditResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0f\n\x07\x63hecked\x18\x02 \x01(\x03\x12\x15\n\rfirst_bad_seq\x18\x03 \x01(\x03\x12\x0f\n\x07problem\x18\x04 \x01(\t\x12\x11\n\thead_hash\x18\x05 \x01(\t2\xce\x03\n\x08Security\x12L\n\x0b\x43reateToken\x12\x1d.stanch.v1.CreateTokenRequest\x1a\x1e.stanch.v1.CreateTokenResponse\x12I\n\nListTokens\x12\x1c.stanch.v1.ListTokensRequest\x1a\x1d.stanch.v1.ListTokensResponse\x12\x42\n\x0bRevokeToken\x12\x1d.stanch.v1.RevokeTokenRequest\x1a\x14.stanch.v1.TokenInfo\x12O\n\x0cSetTokenRole\x12\x1e.stanch.v1.SetTokenRoleRequest\x1a\x1f.stanch.v1.SetTokenRoleResponse\x12\x46\n\tListAudit\x12\x1b.stanch.v1.ListAuditRequest\x1a\x1c.stanch.v1.ListAuditResponse\x12L\n\x0bVerifyAudit\x12\x1d.stanch.v1.VerifyAuditRequest\x1a\x1e.stanch.v1.VerifyAuditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,16 +44,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTTOKENSRESPONSE']._serialized_end=452
   _globals['_REVOKETOKENREQUEST']._serialized_start=454
   _globals['_REVOKETOKENREQUEST']._serialized_end=486
-  _globals['_AUDITENTRY']._serialized_start=489
-  _globals['_AUDITENTRY']._serialized_end=686
-  _globals['_LISTAUDITREQUEST']._serialized_start=688
-  _globals['_LISTAUDITREQUEST']._serialized_end=767
-  _globals['_LISTAUDITRESPONSE']._serialized_start=769
-  _globals['_LISTAUDITRESPONSE']._serialized_end=828
-  _globals['_VERIFYAUDITREQUEST']._serialized_start=830
-  _globals['_VERIFYAUDITREQUEST']._serialized_end=850
-  _globals['_VERIFYAUDITRESPONSE']._serialized_start=852
-  _globals['_VERIFYAUDITRESPONSE']._serialized_end=961
-  _globals['_SECURITY']._serialized_start=964
-  _globals['_SECURITY']._serialized_end=1345
+  _globals['_SETTOKENROLEREQUEST']._serialized_start=488
+  _globals['_SETTOKENROLEREQUEST']._serialized_end=535
+  _globals['_SETTOKENROLERESPONSE']._serialized_start=537
+  _globals['_SETTOKENROLERESPONSE']._serialized_end=613
+  _globals['_AUDITENTRY']._serialized_start=616
+  _globals['_AUDITENTRY']._serialized_end=813
+  _globals['_LISTAUDITREQUEST']._serialized_start=815
+  _globals['_LISTAUDITREQUEST']._serialized_end=894
+  _globals['_LISTAUDITRESPONSE']._serialized_start=896
+  _globals['_LISTAUDITRESPONSE']._serialized_end=955
+  _globals['_VERIFYAUDITREQUEST']._serialized_start=957
+  _globals['_VERIFYAUDITREQUEST']._serialized_end=977
+  _globals['_VERIFYAUDITRESPONSE']._serialized_start=979
+  _globals['_VERIFYAUDITRESPONSE']._serialized_end=1088
+  _globals['_SECURITY']._serialized_start=1091
+  _globals['_SECURITY']._serialized_end=1553
 # @@protoc_insertion_point(module_scope)

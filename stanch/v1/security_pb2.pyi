@@ -63,6 +63,22 @@ class RevokeTokenRequest(_message.Message):
     id: str
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
+class SetTokenRoleRequest(_message.Message):
+    __slots__ = ("id", "role")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    role: str
+    def __init__(self, id: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+
+class SetTokenRoleResponse(_message.Message):
+    __slots__ = ("info", "old_role")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    OLD_ROLE_FIELD_NUMBER: _ClassVar[int]
+    info: TokenInfo
+    old_role: str
+    def __init__(self, info: _Optional[_Union[TokenInfo, _Mapping]] = ..., old_role: _Optional[str] = ...) -> None: ...
+
 class AuditEntry(_message.Message):
     __slots__ = ("seq", "at", "actor", "role", "via", "action", "target", "source", "result", "detail_json", "prev_hash", "hash")
     SEQ_FIELD_NUMBER: _ClassVar[int]

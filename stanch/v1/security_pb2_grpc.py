@@ -50,6 +50,11 @@ class SecurityStub:
                 request_serializer=stanch_dot_v1_dot_security__pb2.RevokeTokenRequest.SerializeToString,
                 response_deserializer=stanch_dot_v1_dot_security__pb2.TokenInfo.FromString,
                 _registered_method=True)
+        self.SetTokenRole = channel.unary_unary(
+                '/stanch.v1.Security/SetTokenRole',
+                request_serializer=stanch_dot_v1_dot_security__pb2.SetTokenRoleRequest.SerializeToString,
+                response_deserializer=stanch_dot_v1_dot_security__pb2.SetTokenRoleResponse.FromString,
+                _registered_method=True)
         self.ListAudit = channel.unary_unary(
                 '/stanch.v1.Security/ListAudit',
                 request_serializer=stanch_dot_v1_dot_security__pb2.ListAuditRequest.SerializeToString,
@@ -85,6 +90,14 @@ class SecurityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetTokenRole(self, request, context):
+        """Give a token another role, effective from its next call; audited with the old and new
+        role. A revoked token is refused (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAudit(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -115,6 +128,11 @@ def add_SecurityServicer_to_server(servicer, server):
                     servicer.RevokeToken,
                     request_deserializer=stanch_dot_v1_dot_security__pb2.RevokeTokenRequest.FromString,
                     response_serializer=stanch_dot_v1_dot_security__pb2.TokenInfo.SerializeToString,
+            ),
+            'SetTokenRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTokenRole,
+                    request_deserializer=stanch_dot_v1_dot_security__pb2.SetTokenRoleRequest.FromString,
+                    response_serializer=stanch_dot_v1_dot_security__pb2.SetTokenRoleResponse.SerializeToString,
             ),
             'ListAudit': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAudit,
@@ -208,6 +226,33 @@ class Security:
             '/stanch.v1.Security/RevokeToken',
             stanch_dot_v1_dot_security__pb2.RevokeTokenRequest.SerializeToString,
             stanch_dot_v1_dot_security__pb2.TokenInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTokenRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stanch.v1.Security/SetTokenRole',
+            stanch_dot_v1_dot_security__pb2.SetTokenRoleRequest.SerializeToString,
+            stanch_dot_v1_dot_security__pb2.SetTokenRoleResponse.FromString,
             options,
             channel_credentials,
             insecure,
