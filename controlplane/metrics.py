@@ -15,7 +15,9 @@ Naming follows the agent's (``agent/metrics.py``): ``stanch_cp_`` prefix, ``_tot
   the :data:`MAX_VERSIONS` most common, summed under ``other``;
 - RPC labels come only from methods the server actually serves; a call to an unknown method is
   answered UNIMPLEMENTED by grpc and not recorded;
-- no label ever carries a host id, a policy name or a free-form message.
+- enrollment, renewal and operator authentication outcomes carry only the fixed results and
+  methods of ``controlplane.security_events``;
+- no label ever carries a host id, a token id, a policy name or a free-form message.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 import grpc.aio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
 from agent import __version__
@@ -47,7 +49,9 @@ from controlplane.gates import GATES, GateMode, GateResult
 from controlplane.grpc_wrap import rewrap
 from controlplane.instrumentation import ISSUE_KINDS
 from controlplane.rollouts import ABORTED, ACTIVE, COMPLETED, PAUSED, ROLLED_BACK, RUNNING
+from controlplane.security_events import SecurityEvents
 from controlplane.storage.base import PauseRecord, RolloutRecord, Storage
+from controlplane.storage.base_pki import OPERATOR_SUBJECT
 
 if TYPE_CHECKING:
     from controlplane.plane import ControlPlane
@@ -65,6 +69,11 @@ MAX_LABEL = 64
 SNAPSHOT_TIMEOUT = 5.0
 """A scrape waits this long for the event loop and the storage thread; then it answers with
 ``stanch_cp_state_collect_success 0`` instead of hanging Prometheus' scrape."""
+EXPIRY_WINDOW = 7 * 86400.0
+"""``stanch_cp_host_certificates_expiring_soon`` counts hosts whose certificate ends within this."""
+EXPIRY_REFRESH = 300.0
+"""That count reads every certificate row (one per enrollment and renewal), so it is recomputed
+at most this often (monotonic seconds), not on every scrape: a day-scale alert loses nothing."""
 
 COMMIT_ROW_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 """Rows per group commit: one agent's batch when the fleet is quiet, up to the 5,000-row cap."""
@@ -374,6 +383,9 @@ class PlaneSnapshot:
     rollouts: tuple[RolloutView, ...] = ()
     pauses: Mapping[str, int] = field(default_factory=dict)
     replica: str = ""
+    security: SecurityEvents | None = None
+    expiring_certificates: int | None = None
+    """Hosts whose newest unrevoked certificate expires within :data:`EXPIRY_WINDOW`."""
 
 
 @dataclass(frozen=True)
@@ -391,7 +403,12 @@ async def snapshot_plane(plane: ControlPlane, scheduled: float) -> PlaneSnapshot
     connected = len(plane.connections)
     pending = plane.ingestor.pending_rows
     tasks = plane.task_states()
+    events = plane.auth.events
+    security = events.copy()
     stored = await plane.store.run(_read_stored, plane.db, plane.clock.now())
+    if plane.clock.monotonic() >= events.expiring_checked + EXPIRY_REFRESH:
+        count = await plane.store.run(expiring_hosts, plane.db, plane.clock.now())
+        events.expiring, events.expiring_checked = count, plane.clock.monotonic()
     pauses = Tally("storm-breaker" if p.by == STORM_OPERATOR else "operator" for p in stored.pauses)
     return PlaneSnapshot(
         connected=connected,
@@ -403,6 +420,26 @@ async def snapshot_plane(plane: ControlPlane, scheduled: float) -> PlaneSnapshot
         rollouts=stored.rollouts,
         pauses={source: pauses.get(source, 0) for source in ("operator", "storm-breaker")},
         replica=plane.settings.holder,
+        security=security,
+        expiring_certificates=events.expiring,
+    )
+
+
+def expiring_hosts(db: Storage, now: float, window: float = EXPIRY_WINDOW) -> int:
+    """On the storage thread: hosts whose newest certificate is unrevoked, still valid, and
+    ends within ``window``. An older certificate of a host that has renewed does not count,
+    nor do operators' (recorded only when revoked) or revoked hosts'."""
+    newest: dict[str, tuple[float, float, float]] = {}
+    for cert in db.certificates():
+        if cert.host_id.startswith(OPERATOR_SUBJECT):
+            continue
+        seen = newest.get(cert.host_id)
+        if seen is None or cert.issued_at > seen[0]:
+            newest[cert.host_id] = (cert.issued_at, cert.not_after, cert.revoked_at)
+    return sum(
+        1
+        for _, not_after, revoked_at in newest.values()
+        if not revoked_at and now < not_after <= now + window
     )
 
 
@@ -451,7 +488,7 @@ class StateCollector(Collector):
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())  # Dynamic: nothing to check for duplicates at registration.
 
-    def collect(self) -> Iterator[GaugeMetricFamily | InfoMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | InfoMetricFamily | CounterMetricFamily]:
         started = time.monotonic()
         try:
             snap = self.read()
@@ -475,7 +512,9 @@ class StateCollector(Collector):
         )
 
 
-def state_families(snap: PlaneSnapshot) -> Iterator[GaugeMetricFamily | InfoMetricFamily]:
+def state_families(
+    snap: PlaneSnapshot,
+) -> Iterator[GaugeMetricFamily | InfoMetricFamily | CounterMetricFamily]:
     info = InfoMetricFamily("stanch_cp", "The control plane build and replica.")
     info.add_metric([], {"version": __version__, "replica": snap.replica})
     yield info
@@ -517,7 +556,47 @@ def state_families(snap: PlaneSnapshot) -> Iterator[GaugeMetricFamily | InfoMetr
     for source, count in sorted(snap.pauses.items()):
         pauses.add_metric([source], float(count))
     yield pauses
+    if snap.security is not None:
+        yield from security_families(snap.security)
+    if snap.expiring_certificates is not None:
+        yield _gauge(
+            "stanch_cp_host_certificates_expiring_soon",
+            "Hosts whose newest certificate is unrevoked and expires within 7 days (an agent "
+            "renews at two thirds of its lifetime: a host here is failing to renew). "
+            "Recomputed every 5 minutes.",
+            snap.expiring_certificates,
+        )
     yield from rollout_families(snap)
+
+
+def security_families(events: SecurityEvents) -> Iterator[CounterMetricFamily]:
+    enrollments = CounterMetricFamily(
+        "stanch_cp_enrollments",
+        "Enroll calls by result: issued, or why refused (rate_limited, disabled, bad_csr, "
+        "bad_token, token_used, token_expired, wrong_host, revoked).",
+        labels=["result"],
+    )
+    for result, count in events.enrollments.items():
+        enrollments.add_metric([result], float(count))
+    yield enrollments
+    renewals = CounterMetricFamily(
+        "stanch_cp_certificate_renewals",
+        "Renew calls by result: renewed, refused (no host certificate, or revoked), bad_csr, "
+        "disabled.",
+        labels=["result"],
+    )
+    for result, count in events.renewals.items():
+        renewals.add_metric([result], float(count))
+    yield renewals
+    auth = CounterMetricFamily(
+        "stanch_cp_operator_authentications",
+        "Operator calls by how the caller authenticated (token, certificate, insecure_dev, or "
+        "none) and the result (ok, unauthenticated, permission_denied).",
+        labels=["method", "result"],
+    )
+    for (method, result), count in events.authentications.items():
+        auth.add_metric([method, result], float(count))
+    yield auth
 
 
 def rollout_families(snap: PlaneSnapshot) -> Iterator[GaugeMetricFamily]:
