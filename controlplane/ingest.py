@@ -71,12 +71,16 @@ class ReportIngestor:
                 await self._commit(group)
 
     def _take(self) -> list[tuple[Sequence[Report], asyncio.Future[int]]]:
-        group: list[tuple[Sequence[Report], asyncio.Future[int]]] = []
-        rows = 0
-        while self._pending and (not group or rows + len(self._pending[0][0]) <= self.max_rows):
-            item = self._pending.pop(0)
-            group.append(item)
-            rows += len(item[0])
+        """The oldest batches, up to ``max_rows`` rows (at least one batch). Sliced off in one
+        go: popping the head one by one moves the whole queue each time, and under load it holds
+        tens of thousands of batches."""
+        pending, limit = self._pending, self.max_rows
+        taken, rows = 0, 0
+        while taken < len(pending) and (not taken or rows + len(pending[taken][0]) <= limit):
+            rows += len(pending[taken][0])
+            taken += 1
+        group = pending[:taken]
+        del pending[:taken]
         return group
 
     async def _commit(self, group: list[tuple[Sequence[Report], asyncio.Future[int]]]) -> None:

@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
@@ -61,6 +62,9 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 Handler = grpc.RpcMethodHandler
 Q = TypeVar("Q")
 R = TypeVar("R")
+T = TypeVar("T")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+EVENT_LOOP_ENV = "STANCH_CP_EVENT_LOOP"
 
 
 class Server:
@@ -183,7 +187,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["tokens"]:  # offline: the database is opened directly, no server runs
         return token_cli.offline_main(argv[1:])
-    args = server_config.parser().parse_args(argv)
+    p = server_config.parser()
+    p.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default=os.environ.get(EVENT_LOOP_ENV, "auto"),
+        help=f"auto: uvloop when installed, else asyncio's own (default: ${EVENT_LOOP_ENV}, "
+        "else auto)",
+    )
+    args = p.parse_args(argv)
+    if args.event_loop not in EVENT_LOOPS:
+        print(
+            f"stanch-cp: ${EVENT_LOOP_ENV}={args.event_loop!r}: expected one of "
+            f"{', '.join(EVENT_LOOPS)}",
+            file=sys.stderr,
+        )
+        return 2
     handler = logging.StreamHandler(sys.stderr)
     if choose_format(args.log_format, sys.stderr) == "text":
         handler.setFormatter(TextFormatter(colour=sys.stderr.isatty()))
@@ -209,7 +228,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.listen,
         )
     try:
-        return asyncio.run(serve(args, tls))
+        loop_factory = event_loop_factory(args.event_loop)
+    except ImportError as exc:
+        print(
+            f"stanch-cp: --event-loop uvloop: {exc}; install uvloop or pass auto", file=sys.stderr
+        )
+        return 2
+    try:
+        return run(serve(args, tls), loop_factory)
     except server_config.ConfigError as exc:
         print(f"stanch-cp: {exc}", file=sys.stderr)
         return 2
@@ -219,6 +245,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"stanch-cp: {exc}", file=sys.stderr)
         return 2
+
+
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop to serve on. uvloop (libuv) roughly halves the loop's own overhead per
+    callback, which is most of a busy control plane's CPU (each agent message is a few
+    callbacks); grpc.aio runs on whichever loop is running. ``auto`` falls back to asyncio's
+    loop when uvloop is not installed; ``uvloop`` insists (ImportError); ``asyncio`` is the
+    escape hatch should uvloop misbehave somewhere."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise
+        log.info("uvloop is not installed: serving on asyncio's own event loop")
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run(
+    coro: Coroutine[Any, Any, T], loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
+) -> T:
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        loop = runner.get_loop()
+        log.info("event loop: %s.%s", type(loop).__module__, type(loop).__qualname__)
+        return runner.run(coro)
 
 
 if __name__ == "__main__":
