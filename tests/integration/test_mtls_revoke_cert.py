@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import grpc
+import pytest
 from cp_harness import Cluster, cluster, run, until
 from cp_process import REPO
 
@@ -89,5 +90,32 @@ def test_revoking_a_host_certificate_by_serial_cuts_its_live_stream(tmp_path: Pa
             assert [(e.actor, e.target, e.result) for e in audit] == [
                 ("root", f"serial={serial.upper()}", "ok")
             ]
+
+    run(scenario())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs FleetService.Connect to pass identity.peer_serial(context) to "
+    "Connections.open (patch with the lead); remove this marker when it lands",
+)
+def test_revoking_a_renewed_hosts_old_certificate_leaves_its_current_stream(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        async with cluster(tmp_path, tls=True) as c:
+            _, _, old_serial = c.issue_host_cert("web-1")
+            await c.record_cert("web-1", old_serial)
+            key, cert, serial = c.issue_host_cert("web-1")  # renewed: streams on this one
+            await c.record_cert("web-1", serial)
+            agent = await c.agent("web-1", credentials=c.credentials(cert, key))
+            await until(lambda: c.plane.connections.hosts() == ["web-1"], 10, "web-1 in")
+            conn = c.plane.connections.get("web-1")
+            assert conn is not None and conn.serial == serial
+            code, out, err = await opsctl_as_admin(c, tmp_path, "pki", "revoke-cert", old_serial)
+            assert code == 0 and f"{old_serial} (web-1): revoked" in out, err
+            # RevokeCertificate closes the streams it cuts before it answers: none here.
+            assert not conn.closed and c.plane.connections.get("web-1") is conn
+            assert agent.ended is None
 
     run(scenario())
