@@ -28,10 +28,11 @@ Then it waits (bounded by ``wait``) for the agent's report that carries the nonc
 the shared store through whichever replica the agent streams to: applied, or refused with the
 agent's reason. A queued decision that no replica has sent by the end of that wait is withdrawn
 (claimed by the deciding replica, so none sends it later) and the call is refused: the operator
-learns now that nothing happened, rather than a fix starting minutes later. A decision claimed
-but not yet answered is reported sent and unconfirmed, as for a local stream. The signed decision
-carries its own expiry (``ttl``), so an agent refuses it after that whatever the path, and
-expired queued rows are deleted by the delivery pass.
+learns now that nothing happened, rather than a fix starting minutes later (a ``ttl`` shorter
+than the wait that runs out first is refused the same way). A decision claimed but not yet
+answered is reported sent and unconfirmed, as for a local stream. The signed decision carries
+its own expiry (``ttl``), so an agent refuses it after that whatever the path, and expired
+queued rows are deleted by the delivery pass.
 
 Audit and roles do not change with the path: the Admin API's auth interceptor records
 ``approval.decide`` on the replica the operator called, and the web console does the same.
@@ -261,6 +262,12 @@ async def _withdraw_unsent(
             f"{queued.host_id} streams to replica {via!r}, which did not deliver the decision "
             f"within {wait:g}s; it was withdrawn, not sent (decisions are never left queued). "
             f"Retry, or check that replica {via!r} is healthy (its log, `opsctl agents list`)"
+        )
+    stored = await plane.store.run(plane.db.decision, queued.nonce)
+    if stored is not None and not stored.delivered_at:  # not claimable: expired while queued
+        raise Refused(
+            f"{queued.host_id}: the decision expired (--ttl) before replica {via!r} delivered "
+            "it; it was not sent. Retry with a longer --ttl"
         )
 
 

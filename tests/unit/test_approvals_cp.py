@@ -230,3 +230,21 @@ def test_connected_nowhere_is_refused_whatever_the_table_says(plane: ControlPlan
         decide(plane, "web-1", "a1")
     assert [p.connected for p in asyncio.run(approvals.pending(plane))] == [False]
     assert plane.db.undelivered_decisions(0.0) == []  # nothing was queued
+
+
+def test_a_queued_decision_that_expires_unsent_is_refused(plane: ControlPlane) -> None:
+    plane.db.insert_reports([report("web-1", 1, "pending", "a1")])
+    streaming_to(plane, "web-1", "cp-b")
+
+    async def expiring() -> None:
+        task = asyncio.create_task(
+            approvals.decide(plane, "web-1", "a1", True, "alice", 5.0, wait=0.5)
+        )
+        await asyncio.sleep(0.2)  # queued by now; the clock then passes its expiry
+        assert isinstance(plane.clock, FakeClock)
+        plane.clock.advance(10.0)
+        await task
+
+    with pytest.raises(Refused, match="expired .* before replica 'cp-b' delivered it"):
+        asyncio.run(expiring())
+    assert plane.db.undelivered_decisions(plane.clock.now()) == []  # never sent after this
