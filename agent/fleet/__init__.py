@@ -15,7 +15,9 @@ reports wait (bounded; any loss counted) while the host keeps remediating on its
 - ``health``      the heartbeat's health summary from the agent's live state
 - ``backoff``     jittered exponential reconnect delays
 - ``wire``        conversions to and from the generated ``stanch.v1`` messages
-- ``client``      ``FleetClient``: one long-lived bidi stream, in its own thread and event loop
+- ``client``      ``FleetClient``: one long-lived bidi stream, in its own thread and event loop;
+                  its session's tasks in ``client_session``, its channel and certificate in
+                  ``client_channel``
 
-Only ``wire`` and ``client`` import generated code; only ``client`` imports grpc.
+Only ``wire`` and the client's modules import generated code; only the client's import grpc.
 """

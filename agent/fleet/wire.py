@@ -1,5 +1,6 @@
-"""The agent's values as ``stanch.v1`` messages. The only agent module besides ``client`` that
-touches generated code: when the wire format grows a field, this is the one place that maps it."""
+"""The agent's values as ``stanch.v1`` messages. The only agent module besides the fleet client's
+(``client*``) that touches generated code: when the wire format grows a field, this is the one
+place that maps it."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Where the wire lives: grpc only in the fleet client, generated code only in the client and its
-converters, and the control plane never imported by the agent's fleet code either."""
+"""Where the wire lives: grpc only in the fleet client (``client.py`` and the ``client_*.py``
+modules it is split into), generated code only in the client and its converters, and the control
+plane never imported by the agent's fleet code either."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ast
 from pathlib import Path
 
 AGENT = Path(__file__).resolve().parents[2] / "agent"
+CLIENT = {"agent/fleet/client.py", "agent/fleet/client_channel.py", "agent/fleet/client_session.py"}
 
 
 def imports(path: Path) -> set[str]:
@@ -28,17 +30,18 @@ def users(prefix: str) -> set[str]:
 
 
 def test_grpc_is_imported_only_by_the_fleet_client() -> None:
-    assert users("grpc") == {"agent/fleet/client.py"}
+    assert users("grpc") == CLIENT
 
 
 def test_generated_code_is_used_only_by_the_client_and_its_converters() -> None:
-    assert users("stanch") == {"agent/fleet/client.py", "agent/fleet/wire.py"}
+    assert users("stanch") == CLIENT | {"agent/fleet/wire.py"}
 
 
 def test_cryptography_stays_out_of_the_modules_the_client_loads() -> None:
     """The verifier child checks signatures; the long-lived modules never import cryptography
     (``assignment`` imports it only inside the function the verifier calls)."""
-    for name in ("apply", "client", "health", "outbox", "pause", "rejections", "wire", "config"):
+    client = ("client", "client_channel", "client_session")
+    for name in ("apply", *client, "health", "outbox", "pause", "rejections", "wire", "config"):
         assert not [m for m in imports(AGENT / "fleet" / f"{name}.py") if "cryptography" in m]
     top = ast.parse((AGENT / "fleet" / "assignment.py").read_text())
     module_level = [n for n in top.body if isinstance(n, ast.Import | ast.ImportFrom)]
