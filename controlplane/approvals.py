@@ -241,7 +241,8 @@ async def decide(
         via=via,
     )
     if answer is None:
-        return replace(result, message=f"sent; no answer from {host_id} within {wait:g}s")
+        sent = f"sent through replica {via}" if via else "sent"
+        return replace(result, message=f"{sent}; no answer from {host_id} within {wait:g}s")
     if answer.outcome == REFUSED:
         text = str(_body(answer).get("message", ""))
         raise Refused(f"{host_id} refused the decision ({answer.reason}): {text}")

@@ -248,3 +248,29 @@ def test_a_queued_decision_that_expires_unsent_is_refused(plane: ControlPlane) -
     with pytest.raises(Refused, match="expired .* before replica 'cp-b' delivered it"):
         asyncio.run(expiring())
     assert plane.db.undelivered_decisions(plane.clock.now()) == []  # never sent after this
+
+
+def test_sent_through_another_replica_but_unanswered_is_unconfirmed(plane: ControlPlane) -> None:
+    plane.db.insert_reports([report("web-1", 1, "pending", "a1")])
+    streaming_to(plane, "web-1", "cp-b")
+    theirs = Connections()
+    stream = theirs.open("web-1", {"env": "prod"})
+    their_pass = Delivery(plane.store, theirs, plane.clock, "cp-b")
+
+    async def sent_unanswered() -> approvals.DecideResult:
+        decided = asyncio.create_task(
+            approvals.decide(plane, "web-1", "a1", False, "alice", 60.0, wait=1.0)
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while not await their_pass.deliver():
+            assert loop.time() < deadline and not decided.done(), "never queued or sent"
+            await asyncio.sleep(0.02)
+        return await decided
+
+    result = asyncio.run(sent_unanswered())
+    assert (result.confirmed, result.decision, result.via) == (False, "reject", "cp-b")
+    assert result.message == "sent through replica cp-b; no answer from web-1 within 1s"
+    message = stream.queue.get_nowait()
+    assert message is not None
+    assert verify_decision(message.approval_decision.envelope, KEYS, "web-1").nonce == result.nonce
