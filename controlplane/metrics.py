@@ -50,8 +50,8 @@ from controlplane.grpc_wrap import rewrap
 from controlplane.instrumentation import ISSUE_KINDS
 from controlplane.rollouts import ABORTED, ACTIVE, COMPLETED, PAUSED, ROLLED_BACK, RUNNING
 from controlplane.security_events import SecurityEvents
+from controlplane.security_metrics import EXPIRY_REFRESH, expiring_hosts, security_families
 from controlplane.storage.base import PauseRecord, RolloutRecord, Storage
-from controlplane.storage.base_pki import OPERATOR_SUBJECT
 
 if TYPE_CHECKING:
     from controlplane.plane import ControlPlane
@@ -69,12 +69,6 @@ MAX_LABEL = 64
 SNAPSHOT_TIMEOUT = 5.0
 """A scrape waits this long for the event loop and the storage thread; then it answers with
 ``stanch_cp_state_collect_success 0`` instead of hanging Prometheus' scrape."""
-EXPIRY_WINDOW = 7 * 86400.0
-"""``stanch_cp_host_certificates_expiring_soon`` counts hosts whose certificate ends within this."""
-EXPIRY_REFRESH = 300.0
-"""That count reads every certificate row (one per enrollment and renewal), so it is recomputed
-at most this often (monotonic seconds), not on every scrape: a day-scale alert loses nothing."""
-
 COMMIT_ROW_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 """Rows per group commit: one agent's batch when the fleet is quiet, up to the 5,000-row cap."""
 COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -385,7 +379,8 @@ class PlaneSnapshot:
     replica: str = ""
     security: SecurityEvents | None = None
     expiring_certificates: int | None = None
-    """Hosts whose newest unrevoked certificate expires within :data:`EXPIRY_WINDOW`."""
+    """Hosts whose newest unrevoked certificate expires within 7 days
+    (``controlplane.security_metrics``)."""
 
 
 @dataclass(frozen=True)
@@ -422,24 +417,6 @@ async def snapshot_plane(plane: ControlPlane, scheduled: float) -> PlaneSnapshot
         replica=plane.settings.holder,
         security=security,
         expiring_certificates=events.expiring,
-    )
-
-
-def expiring_hosts(db: Storage, now: float, window: float = EXPIRY_WINDOW) -> int:
-    """On the storage thread: hosts whose newest certificate is unrevoked, still valid, and
-    ends within ``window``. An older certificate of a host that has renewed does not count,
-    nor do operators' (recorded only when revoked) or revoked hosts'."""
-    newest: dict[str, tuple[float, float, float]] = {}
-    for cert in db.certificates():
-        if cert.host_id.startswith(OPERATOR_SUBJECT):
-            continue
-        seen = newest.get(cert.host_id)
-        if seen is None or cert.issued_at > seen[0]:
-            newest[cert.host_id] = (cert.issued_at, cert.not_after, cert.revoked_at)
-    return sum(
-        1
-        for _, not_after, revoked_at in newest.values()
-        if not revoked_at and now < not_after <= now + window
     )
 
 
@@ -567,36 +544,6 @@ def state_families(
             snap.expiring_certificates,
         )
     yield from rollout_families(snap)
-
-
-def security_families(events: SecurityEvents) -> Iterator[CounterMetricFamily]:
-    enrollments = CounterMetricFamily(
-        "stanch_cp_enrollments",
-        "Enroll calls by result: issued, or why refused (rate_limited, disabled, bad_csr, "
-        "bad_token, token_used, token_expired, wrong_host, revoked).",
-        labels=["result"],
-    )
-    for result, count in events.enrollments.items():
-        enrollments.add_metric([result], float(count))
-    yield enrollments
-    renewals = CounterMetricFamily(
-        "stanch_cp_certificate_renewals",
-        "Renew calls by result: renewed, refused (no host certificate, or revoked), bad_csr, "
-        "disabled.",
-        labels=["result"],
-    )
-    for result, count in events.renewals.items():
-        renewals.add_metric([result], float(count))
-    yield renewals
-    auth = CounterMetricFamily(
-        "stanch_cp_operator_authentications",
-        "Operator calls by how the caller authenticated (token, certificate, insecure_dev, or "
-        "none) and the result (ok, unauthenticated, permission_denied).",
-        labels=["method", "result"],
-    )
-    for (method, result), count in events.authentications.items():
-        auth.add_metric([method, result], float(count))
-    yield auth
 
 
 def rollout_families(snap: PlaneSnapshot) -> Iterator[GaugeMetricFamily]:

@@ -21,7 +21,8 @@ from controlplane.storage.base_pki import CertificateRecord
 from controlplane.storage.sqlite import SqliteStorage
 
 pytest.importorskip("prometheus_client", reason="prometheus-client is not installed")
-from controlplane.metrics import PlaneSnapshot, expiring_hosts, state_families  # noqa: E402
+from controlplane.metrics import PlaneSnapshot, state_families  # noqa: E402
+from controlplane.security_metrics import expiring_hosts  # noqa: E402
 
 DAY = 86400.0
 
