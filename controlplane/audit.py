@@ -47,6 +47,7 @@ ACTIONS: dict[str, str] = {
     "/stanch.v1.Admin/DecideApproval": "approval.decide",
     "/stanch.v1.Security/CreateToken": "token.create",
     "/stanch.v1.Security/RevokeToken": "token.revoke",
+    "/stanch.v1.Security/SetTokenRole": "token.set_role",
     "/stanch.v1.Pki/CreateEnrollmentToken": "enrollment_token.create",
     "/stanch.v1.Pki/RevokeHost": "host.revoke",
     "/stanch.v1.Pki/UnrevokeHost": "host.unrevoke",

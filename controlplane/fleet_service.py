@@ -52,6 +52,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             context.peer(),
             hello.agent_version,
             held_seq=hello.last_assignment_seq,
+            serial=identity.peer_serial(context) or "",
         )
         agent = AgentRecord(
             host_id=hello.host_id,

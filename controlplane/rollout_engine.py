@@ -14,9 +14,10 @@ advances each active rollout by one step. The order of writes is what makes a re
 Auto-rollback is a *new*, higher-sequence assignment to each updated host's previous bundle,
 signed with the control plane's online key: no operator key is needed at 3 AM. A gate's halt (and
 a rollback finished after a crash) is on the audit log as the control plane's own action, with the
-reason and every gate's value, limit and mode; completing is not (it is what the operator's audited
-``rollout.start`` asked for). The lease, and the delivery pass every replica runs each tick
-(driver or not), live in ``controlplane.rollout_lease``.
+reason and every gate's value, limit and mode; so is completing (``rollout.complete``, with the
+hosts updated and the gates' last values): the driver, not an operator, decided the last wave
+was good. The lease, and the delivery pass every replica runs each tick (driver or not), live in
+``controlplane.rollout_lease``.
 """
 
 from __future__ import annotations
@@ -211,6 +212,8 @@ class RolloutEngine:
             await self.roll_back(step.rollout, hosts)
         elif step.assign:
             await self._assign(step.rollout, step.assign, agents)
+        if step.rollout.state == COMPLETED and rollout.state != COMPLETED:
+            await self._audit_completed(step, hosts)
 
     async def _assign(
         self,
@@ -310,6 +313,19 @@ class RolloutEngine:
         }
         target = f"id={rollout.id}"
         await record_automatic(self.audit, "rollout.rollback", target, self.source, detail)
+
+    async def _audit_completed(self, step: Step, hosts: list[RolloutHost]) -> None:
+        """The last wave baked with every enforced gate passing: the driver marked the rollout
+        completed. Audited with the hosts it updated and the gates' last values."""
+        rollout = step.rollout
+        detail = {
+            "bundle": rollout.bundle_digest,
+            "waves": len(rollout.waves),
+            "hosts": sum(1 for h in hosts if h.status == "applied"),
+            "gates": [r.to_dict() for r in step.results],
+        }
+        target = f"id={rollout.id}"
+        await record_automatic(self.audit, "rollout.complete", target, self.source, detail)
 
     async def on_apply(
         self, record: AssignmentRecord, applied: bool, reason: str, at: float

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import grpc
-import pytest
 from cp_harness import Cluster, cluster, run, until
 from cp_process import REPO
 
@@ -94,11 +93,6 @@ def test_revoking_a_host_certificate_by_serial_cuts_its_live_stream(tmp_path: Pa
     run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs FleetService.Connect to pass identity.peer_serial(context) to "
-    "Connections.open (patch with the lead); remove this marker when it lands",
-)
 def test_revoking_a_renewed_hosts_old_certificate_leaves_its_current_stream(
     tmp_path: Path,
 ) -> None:

@@ -9,18 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 from test_audit_system import D2, apply_all, begin, engine_scenario, system_entries
 
 from agent.clock import FakeClock
 from controlplane.rollout_engine import RolloutEngine
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the rollout_engine._audit_completed patch (with the lead); remove this "
-    "marker when it lands",
-)
 def test_a_completed_rollout_is_audited_once_with_its_gates(tmp_path: Path) -> None:
     async def body(engine: RolloutEngine, clock: FakeClock) -> None:
         rid = await begin(engine, ("1", "100%"), 0.0)

@@ -1,7 +1,7 @@
 """The control plane's own actions on the audit log, in real SQLite with an injected clock: a gate
 that halts a rollout (with the gate's values), a rollback finished after a crash, a fleet storm
 trip; each as actor ``control-plane`` (via ``system``), and the hash chain still verifies with
-them in it. A rollout that simply completes adds nothing (the operator's start is the record)."""
+them in it. A completed rollout is audited too (``test_audit_rollout_complete``)."""
 
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def test_a_gate_halt_is_audited_with_the_gate_values(tmp_path: Path) -> None:
     engine_scenario(tmp_path, body)
 
 
-def test_a_resumed_rollback_is_audited_and_a_completion_is_not(tmp_path: Path) -> None:
+def test_a_resumed_rollback_is_audited(tmp_path: Path) -> None:
     async def body(engine: RolloutEngine, clock: FakeClock) -> None:
         done = await begin(engine, ("100%",), 0.0)
         await engine.tick()
@@ -125,7 +125,8 @@ def test_a_resumed_rollback_is_audited_and_a_completion_is_not(tmp_path: Path) -
         await engine.tick()
         finished = engine.db.rollout(done)
         assert finished is not None and finished.state == "completed"
-        assert await engine.audit.entries() == []
+        (completed,) = system_entries(await engine.audit.entries(), "rollout.complete")
+        assert completed.target == f"id={done}"
         # a crash after a rollback's state was stored, before its assignments: recover() ends it
         again = await begin(engine, ("100%",), 600.0)
         await engine.tick()
