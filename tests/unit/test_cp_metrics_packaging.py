@@ -29,6 +29,7 @@ from controlplane.metrics import (  # noqa: E402
     RolloutView,
     StateCollector,
 )
+from controlplane.security_events import SecurityEvents  # noqa: E402
 from controlplane.storage.base import RolloutRecord  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,12 +66,18 @@ def exported() -> set[str]:
         updated_at=1.0,
         gate_results=(gate,),
     )
+    security = SecurityEvents()
+    security.enrolled("issued")
+    security.renewed("renewed")
+    security.authenticated("token", "ok")
     snap = PlaneSnapshot(
         connected=1,
         versions={"0.1.0": 1},
         tasks={"report-writer": True},
         rollouts=(RolloutView(active, {"applied": 1}),),
         pauses={"operator": 0},
+        security=security,
+        expiring_certificates=0,
     )
     registry.register(StateCollector(lambda: snap))
     ProcessCollector(registry=registry)
