@@ -114,7 +114,7 @@ class RolloutEngine:
         self.source = f"{LEASE}/{holder}"
         """The audit ``source`` of what this replica's driver does on its own."""
         self.lease = DriverLease(store, clock, holder, tick, self.audit, self.source)
-        self.delivery = Delivery(store, assigner.connections)
+        self.delivery = Delivery(store, assigner.connections, clock, holder)
 
     @property
     def driving(self) -> bool:

@@ -125,7 +125,7 @@ def test_approve_through_another_replica_runs_the_fix(fleet: ReplicatedApprovalF
     [queued] = fleet.decisions()
     assert (queued["host_id"], queued["queued_by"]) == ("web-1", "b")
     assert queued["delivered_at"] > 0  # claimed and sent by a's pass, once
-    assert queued["delivered_by"] in ("a", "")  # "" until the engine passes its replica id
+    assert queued["delivered_by"] == "a"
     fixed = wait_for(
         "web-1's approved fix to be reported",
         lambda: [r for r in fleet.reports("web-1", "execution") if r["outcome"] == "fixed"],
