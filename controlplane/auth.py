@@ -36,9 +36,8 @@ from agent.clock import Clock
 from controlplane.errors import InvalidRequest, NotFound, Refused
 from controlplane.pki_revocation import OperatorRevocations
 from controlplane.security_events import SecurityEvents
-from controlplane.storage.base_auth import ApiTokenRecord
+from controlplane.storage.base_auth import ApiTokenRecord, RoleChange
 from controlplane.storage.runner import StorageThread
-from controlplane.storage.token_roles import RoleChange, set_api_token_role
 
 log = logging.getLogger("stanch.cp.auth")
 ROLES = ("viewer", "operator", "admin")
@@ -288,9 +287,7 @@ class Authenticator:
                 f"token {token_id!r} is revoked; create a new one with "
                 f"'opsctl tokens create --name {record.name} --role {role}'"
             )
-        change: RoleChange | None = await self.store.run(
-            set_api_token_role, self.db, token_id, role
-        )
+        change: RoleChange | None = await self.store.run(self.db.set_api_token_role, token_id, role)
         if change is None:  # deleted in between: tokens are never deleted, but say it right
             raise NotFound(f"token {token_id[:24]!r}: no such token; see 'opsctl tokens list'")
         note_audit(old_role=change.old_role, new_role=change.token.role, holder=record.name)

@@ -39,6 +39,15 @@ class ApiTokenRecord:
 
 
 @dataclass(frozen=True)
+class RoleChange:
+    """What :meth:`AuthStorage.set_api_token_role` did: the role the token had, read in the same
+    transaction as the write, and the token as stored after it."""
+
+    old_role: str
+    token: ApiTokenRecord
+
+
+@dataclass(frozen=True)
 class AuditDraft:
     """What a caller appends; storage gives it a ``seq`` and chains it."""
 
@@ -140,6 +149,15 @@ class AuthStorage(Protocol):
 
     def touch_api_token(self, token_id: str, at: float) -> None:
         """Record a use (callers throttle these writes)."""
+        ...
+
+    def set_api_token_role(self, token_id: str, role: str) -> RoleChange | None:
+        """Give the token ``role``; None when no such token. The old role is read and the new
+        one written in one transaction that no other change interleaves (SQLite: ``BEGIN
+        IMMEDIATE``; PostgreSQL: ``SELECT ... FOR UPDATE``), so the old role the audit entry
+        records is the one the token really had, even when two admins change it at once.
+        Whether ``role`` is valid, and whether a revoked token may change, is the caller's
+        business (``controlplane.auth``); storage keeps what it is given."""
         ...
 
     def append_audit(self, draft: AuditDraft) -> AuditEntry:

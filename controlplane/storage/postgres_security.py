@@ -25,6 +25,7 @@ from controlplane.storage.base_auth import (
     AuditDraft,
     AuditEntry,
     AuditQuery,
+    RoleChange,
     chained,
 )
 from controlplane.storage.base_pki import (
@@ -107,6 +108,20 @@ class PgSecurityTables(PostgresDb):
                 "UPDATE api_tokens SET last_used_at = GREATEST(last_used_at, %s) WHERE id = %s",
                 (at, token_id),
             )
+
+    def set_api_token_role(self, token_id: str, role: str) -> RoleChange | None:
+        with self._tx() as conn:
+            found = conn.execute(
+                f"SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = %s FOR UPDATE", (token_id,)
+            ).fetchone()
+            if found is None:
+                return None
+            after = conn.execute(
+                f"UPDATE api_tokens SET role = %s WHERE id = %s RETURNING {TOKEN_COLUMNS}",
+                (role, token_id),
+            ).fetchone()
+        assert after is not None  # the row is locked: it cannot have gone since the SELECT
+        return RoleChange(str(found["role"]), ApiTokenRecord(*_values(TOKEN_COLUMNS, after)))
 
     # ---- audit log ---------------------------------------------------------------------------
 

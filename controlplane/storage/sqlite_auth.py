@@ -17,6 +17,7 @@ from controlplane.storage.base_auth import (
     AuditDraft,
     AuditEntry,
     AuditQuery,
+    RoleChange,
     chained,
 )
 from controlplane.storage.sqlite_db import SqliteDb
@@ -83,6 +84,19 @@ class AuthTables(SqliteDb):
                 "UPDATE api_tokens SET last_used_at = MAX(last_used_at, ?) WHERE id = ?",
                 (at, token_id),
             )
+
+    def set_api_token_role(self, token_id: str, role: str) -> RoleChange | None:
+        with self._tx() as db:
+            found = db.execute(
+                f"SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = ?", (token_id,)
+            ).fetchone()
+            if found is None:
+                return None
+            db.execute("UPDATE api_tokens SET role = ? WHERE id = ?", (role, token_id))
+            after = db.execute(
+                f"SELECT {TOKEN_COLUMNS} FROM api_tokens WHERE id = ?", (token_id,)
+            ).fetchone()
+        return RoleChange(str(found["role"]), _token(after))
 
     # ---- audit log ---------------------------------------------------------------------------
 

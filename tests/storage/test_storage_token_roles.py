@@ -1,4 +1,4 @@
-"""Changing an API token's role (``controlplane.storage.token_roles``) on every backend: the old
+"""Changing an API token's role (``AuthStorage.set_api_token_role``) on every backend: the old
 role comes back with the new record, nothing else about the token changes, an unknown token is
 None, and concurrent changes are serialised (each reads the role it replaces)."""
 
@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-
 from controlplane.storage.base import Storage
 from controlplane.storage.base_auth import ApiTokenRecord
-from controlplane.storage.token_roles import set_api_token_role
 
 
 def test_set_role_returns_the_old_role_and_keeps_everything_else(storage: Storage) -> None:
@@ -19,7 +16,7 @@ def test_set_role_returns_the_old_role_and_keeps_everything_else(storage: Storag
     )
     storage.put_api_token(token)
     storage.touch_api_token("t1", 20.0)
-    change = set_api_token_role(storage, "t1", "viewer")
+    change = storage.set_api_token_role("t1", "viewer")
     assert change is not None and change.old_role == "operator"
     assert change.token.role == "viewer"
     stored = storage.api_token("t1")
@@ -30,9 +27,9 @@ def test_set_role_returns_the_old_role_and_keeps_everything_else(storage: Storag
         99.0,
         20.0,
     )
-    again = set_api_token_role(storage, "t1", "viewer")
+    again = storage.set_api_token_role("t1", "viewer")
     assert again is not None and (again.old_role, again.token.role) == ("viewer", "viewer")
-    assert set_api_token_role(storage, "nope", "admin") is None
+    assert storage.set_api_token_role("nope", "admin") is None
     assert storage.api_token("nope") is None
 
 
@@ -44,7 +41,7 @@ def test_concurrent_changes_each_read_the_role_they_replace(storage: Storage) ->
     lock = threading.Lock()
 
     def change(role: str) -> None:
-        result = set_api_token_role(storage, "t1", role)
+        result = storage.set_api_token_role("t1", role)
         assert result is not None
         with lock:
             olds.append(result.old_role)
@@ -61,8 +58,3 @@ def test_concurrent_changes_each_read_the_role_they_replace(storage: Storage) ->
     assert olds.count("viewer") == 1 and len(olds) == len(roles)
     final = storage.api_token("t1")
     assert final is not None and final.role in ("operator", "admin")
-
-
-def test_an_unknown_backend_is_named() -> None:
-    with pytest.raises(TypeError, match="no implementation for object"):
-        set_api_token_role(object(), "t1", "admin")
