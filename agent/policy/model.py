@@ -1,4 +1,4 @@
-"""The policy model: frozen dataclasses, built only by ``agent.policy.loader``.
+"""The policy model: frozen dataclasses, built only by ``agent.policy.loader`` (via ``document``).
 
 A policy says: which hosts (selector), what to watch (checks), when it is a problem (rule), what an
 engineer would type (remediation steps), how to tell it worked (verification), how far automation

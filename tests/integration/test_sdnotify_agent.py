@@ -10,16 +10,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import pytest
-
 if TYPE_CHECKING:
     from conftest import AgentHarness
-
-ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(
-    "agent.sdnotify" not in (ROOT / "agent" / "runner.py").read_text(),
-    reason="agent/runner.py does not drive agent.sdnotify yet (the runner patch is pending)",
-)
 
 
 def receive(sock: socket.socket, until: float) -> list[dict[str, str]]:

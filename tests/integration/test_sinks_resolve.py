@@ -15,12 +15,6 @@ import pytest
 if TYPE_CHECKING:
     from conftest import AgentHarness
 
-ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(
-    "escalator.resolve" not in (ROOT / "agent" / "runner.py").read_text(),
-    reason="agent/runner.py does not send resolves yet (the runner patch is pending)",
-)
-
 
 @pytest.fixture
 def received() -> Iterator[tuple[str, list[dict[str, Any]]]]:
