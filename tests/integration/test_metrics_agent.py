@@ -14,17 +14,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from agent.config import AgentConfig
-
 if TYPE_CHECKING:
     from conftest import AgentHarness
 
-pytestmark = [
-    pytest.mark.skipif(
-        "metrics" not in AgentConfig.__dataclass_fields__,
-        reason="agent/config.py has no `metrics:` section yet (the config patch is pending)",
-    ),
-]
 pytest.importorskip("prometheus_client", reason="prometheus-client is not installed")
 
 
