@@ -98,6 +98,13 @@ class PkiStorage(Protocol):
         many certificates were newly revoked. Revoking twice keeps the first record."""
         ...
 
+    def revoked_certificates_since(self, since: float) -> list[CertificateRecord]:
+        """Host certificates (not operators') revoked at or after ``since``, oldest revocation
+        first. Read by every replica's revocation sweep every few seconds: served by the partial
+        index ``certificates_by_revocation``, so it costs the recent revocations, not the
+        table."""
+        ...
+
     def revoked_host(self, host_id: str) -> RevokedHost | None: ...
 
     def revoked_hosts(self) -> list[RevokedHost]: ...

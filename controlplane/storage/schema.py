@@ -103,6 +103,11 @@ MIGRATIONS: tuple[str, ...] = (
         delivered_by TEXT NOT NULL DEFAULT '');
     CREATE INDEX approval_decisions_by_expiry ON approval_decisions (expires_at);
     """,
+    # v5: the certificates revoked recently, read every few seconds by each replica's revocation
+    # sweep (``controlplane.revocation_sweep``); partial, so unrevoked certificates cost nothing.
+    """
+    CREATE INDEX certificates_by_revocation ON certificates (revoked_at) WHERE revoked_at > 0;
+    """,
 )
 
 

@@ -97,6 +97,15 @@ class PkiTables(SqliteDb):
             )
             return int(changed.rowcount)
 
+    def revoked_certificates_since(self, since: float) -> list[CertificateRecord]:
+        # "revoked_at > 0" repeats the partial index's predicate so the planner may use it
+        found = self._query(
+            "SELECT * FROM certificates WHERE revoked_at > 0 AND revoked_at >= ?"
+            " AND host_id NOT LIKE ? ORDER BY revoked_at, serial",
+            (since, OPERATOR_SUBJECT + "%"),
+        )
+        return [certificate_record(r) for r in found]
+
     def revoked_host(self, host_id: str) -> RevokedHost | None:
         found = self._query("SELECT * FROM revoked_hosts WHERE host_id = ?", (host_id,))
         return revoked_host_record(found[0]) if found else None

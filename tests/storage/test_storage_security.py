@@ -112,6 +112,27 @@ def test_a_certificate_is_revoked_by_serial_known_or_not(storage: Storage) -> No
     assert storage.revoked_host("web-1") is None  # a serial is not the whole host
 
 
+def test_revoked_certificates_since_lists_recent_host_revocations_oldest_first(
+    storage: Storage,
+) -> None:
+    assert storage.revoked_certificates_since(0.0) == []
+    for serial, host in (("c1", "web-1"), ("c2", "web-1"), ("c3", "web-2"), ("c4", "web-3")):
+        storage.add_certificate(CertificateRecord(serial, host, 1.0, 1000.0, 2.0))
+    storage.revoke_certificate("c3", UNKNOWN_OPERATOR, 20.0, "lost")
+    storage.revoke_host("web-1", 30.0, "alice", "stolen")  # both of its certificates
+    storage.revoke_certificate("ab12", "operator:alice", 40.0, "left")  # an operator's: never
+    storage.revoke_operator("bob", 45.0, "root", "")
+    found = storage.revoked_certificates_since(0.0)
+    assert [(c.serial, c.host_id, c.revoked_at) for c in found] == [
+        ("c3", "web-2", 20.0),
+        ("c1", "web-1", 30.0),
+        ("c2", "web-1", 30.0),
+    ]
+    assert found[0].reason == "lost" and found[1].reason == "stolen"
+    assert [c.serial for c in storage.revoked_certificates_since(30.0)] == ["c1", "c2"]  # at, too
+    assert storage.revoked_certificates_since(30.5) == []  # c4, never revoked, never listed
+
+
 def test_an_operator_name_revocation_moves_forward_and_is_not_a_host(storage: Storage) -> None:
     storage.revoke_operator("alice", 50.0, "root", "left")
     storage.revoke_operator("alice", 40.0, "root", "late write")  # never moves back

@@ -37,3 +37,18 @@ def test_an_older_file_is_backed_up_before_upgrading(tmp_path: Path) -> None:
     assert upgraded.schema_version() == len(MIGRATIONS) + 1
     backup = tmp_path / f"cp.db.v{len(MIGRATIONS)}.bak"
     assert sqlite3.connect(backup).execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_the_revocation_sweep_query_reads_the_partial_index(tmp_path: Path) -> None:
+    """``revoked_certificates_since`` runs on every replica every few seconds: it must read the
+    recent revocations through ``certificates_by_revocation``, not scan the table."""
+    db = SqliteStorage(tmp_path / "cp.db")
+    db.close()
+    raw = sqlite3.connect(tmp_path / "cp.db")
+    plan = raw.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM certificates WHERE revoked_at > 0 AND revoked_at >= ?"
+        " AND host_id NOT LIKE ? ORDER BY revoked_at, serial",
+        (10.0, "operator:%"),
+    ).fetchall()
+    raw.close()
+    assert any("certificates_by_revocation" in str(row[-1]) for row in plan), plan
