@@ -11,7 +11,9 @@ An assignment is sent first by the replica that issued it, to its own streams on
 runs :class:`Delivery` each tick: assignments issued anywhere (the driver's steps, an operator's
 abort on any replica) reach the hosts streaming to it within a tick, each once per stream. The
 same pass sends the approval decisions an operator made through another replica
-(``controlplane.approvals``) to the hosts streaming here, each exactly once across replicas.
+(``controlplane.approvals``) to the hosts streaming here, each exactly once across replicas,
+and, every few seconds, cuts the streams here of hosts and certificates revoked through any
+replica (``controlplane.revocation_sweep``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from agent.clock import Clock, SystemClock
 from controlplane.audit import AuditLog
 from controlplane.audit_system import record_automatic
 from controlplane.connections import Connections
+from controlplane.revocation_sweep import RevocationSweep
 from controlplane.storage.base_decisions import DecisionRecord
 from controlplane.storage.runner import StorageThread
 from stanch.v1 import fleet_pb2
@@ -122,6 +125,9 @@ class Delivery:
     the host reconnects to. Expired decisions are never sent, and are deleted every
     :data:`PURGE_EVERY` seconds.
 
+    The same pass runs the revocation sweep (:class:`RevocationSweep`, every few seconds): a
+    host or certificate revoked through another replica loses its stream here too.
+
     ``clock`` and ``replica`` (``Settings.holder``, recorded as ``delivered_by``) default to the
     wall clock and "" for callers that predate decisions."""
 
@@ -138,10 +144,15 @@ class Delivery:
         self.clock: Clock = clock or SystemClock()
         self.replica = replica
         self._next_purge = -math.inf
+        self.revocations = RevocationSweep(store, connections, self.clock)
 
     async def deliver(self) -> int:
         """One pass; returns how many assignments and decisions it queued on streams."""
         await self._purge()
+        try:
+            await self.revocations.sweep()  # first: nothing more goes to a revoked host
+        except Exception:  # retried next tick; admit still refuses the host when it reconnects
+            log.exception("revocation sweep failed; retried in %gs", self.revocations.every)
         if not len(self.connections):
             return 0
         sent = 0

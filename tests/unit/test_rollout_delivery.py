@@ -16,6 +16,7 @@ from controlplane.connections import Connection, Connections
 from controlplane.rollout_lease import PURGE_EVERY, Delivery
 from controlplane.storage.base import AgentRecord, AssignmentRequest, Signable
 from controlplane.storage.base_decisions import DecisionRecord
+from controlplane.storage.base_pki import CertificateRecord
 from controlplane.storage.runner import StorageThread
 from controlplane.storage.sqlite import SqliteStorage
 from stanch.v1 import fleet_pb2
@@ -147,5 +148,46 @@ def test_a_queued_decision_goes_out_once_across_replicas(tmp_path: Path) -> None
         finally:
             for store in stores:
                 store.close()
+
+    asyncio.run(main())
+
+
+class BrokenRevocations(SqliteStorage):
+    """Reading recent certificate revocations fails (the revocation sweep's query)."""
+
+    def revoked_certificates_since(self, since: float) -> list[CertificateRecord]:
+        raise OSError("disk I/O error (injected)")
+
+
+def test_the_pass_cuts_revoked_streams_and_a_failing_sweep_stops_nothing(tmp_path: Path) -> None:
+    """Each pass runs the revocation sweep (``controlplane.revocation_sweep``) first: a host
+    revoked through another replica loses its stream here. A sweep that fails is logged and
+    the assignments still go out."""
+
+    async def main() -> None:
+        clock = FakeClock(T0)
+        store = StorageThread(SqliteStorage(tmp_path / "cp.db"))
+        broken = StorageThread(BrokenRevocations(tmp_path / "cp.db"))
+        remote = Assigner(
+            StorageThread(SqliteStorage(tmp_path / "cp.db")), Connections(), sign, clock
+        )
+        here, elsewhere = Connections(), Connections()
+        delivery = Delivery(store, here, clock, "cp-a")
+        failing = Delivery(broken, elsewhere, clock, "cp-b")
+        try:
+            for host in ("h1", "h2"):
+                await store.run(store.storage.upsert_agent, AgentRecord(host, {}))
+            revoked, kept = here.open("h1", {}), here.open("h2", {})
+            await store.run(store.storage.revoke_host, "h1", T0, "alice", "stolen")
+            assert await delivery.deliver() == 0
+            assert revoked.closed and not kept.closed
+
+            stream = elsewhere.open("h2", {})
+            (record,) = await remote.issue([AssignmentRequest("h2", D1, 1, "r")])
+            assert await failing.deliver() == 1  # the sweep raised; the assignment went out
+            assert drained(stream) == [record.envelope]
+        finally:
+            for s in (store, broken, remote.store):
+                s.close()
 
     asyncio.run(main())
