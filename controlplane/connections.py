@@ -8,7 +8,9 @@ replaces the older stream, which is told to close: one host, one stream.
 
 Each stream remembers the serial of the client certificate it was opened with (empty in
 ``--insecure`` mode, or when the opener did not say), so revoking that one certificate cuts the
-stream at once (:meth:`Connections.cut_certificate`), as revoking the whole host does.
+stream at once (:meth:`Connections.cut_certificate`), as revoking the whole host does. Those
+cut on the replica that served the revocation; every other replica's revocation sweep
+(``controlplane.revocation_sweep``) closes its own streams of the host or serial within seconds.
 
 Each stream also remembers the highest assignment sequence it carried (or the agent said in its
 Hello that it holds). Several senders may find the same assignment: the assigner right after

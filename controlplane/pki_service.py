@@ -9,6 +9,10 @@ serial may be new to the table) or an operator name; the auth interceptor refuse
 (``controlplane.pki_revocation``), on this replica at once and on the others within seconds.
 A host certificate's serial also closes the live stream opened with it, on this replica
 (``Connections.cut_certificate``); its reconnect is refused by ``identity.admit``.
+
+Both close only this replica's streams, at once. A host streaming to another replica (several
+on one PostgreSQL) is cut by that replica's revocation sweep (``controlplane.revocation_sweep``,
+run by every replica's delivery pass) within about 5 s.
 """
 
 from __future__ import annotations
