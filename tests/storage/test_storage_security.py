@@ -4,7 +4,13 @@ certificates, revoked hosts), on every backend; on PostgreSQL also under concurr
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
+from pathlib import Path
+
+import psycopg
+import pytest
+from pg_schema import fresh_schema
 
 from agent.clock import FakeClock
 from controlplane.pki_revocation import OperatorRevocations
@@ -25,6 +31,8 @@ from controlplane.storage.base_pki import (
 )
 from controlplane.storage.postgres import PostgresStorage
 from controlplane.storage.runner import StorageThread
+from controlplane.storage.schema import MIGRATIONS
+from controlplane.storage.sqlite import SqliteStorage
 
 
 def draft(
@@ -229,3 +237,42 @@ def test_a_replica_sees_another_replicas_revocation_within_the_cache_ttl(pg_url:
             b.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_v4_database_gains_the_revocation_index_in_place(backend: str, tmp_path: Path) -> None:
+    """Schema v5 adds ``certificates_by_revocation`` to a database that already holds revoked
+    certificates; the sweep's query then finds them."""
+    before_v5 = MIGRATIONS[:4]
+    revoked = CertificateRecord("c1", "web-1", 1.0, 1000.0, 2.0, revoked_at=50.0, reason="old")
+    if backend == "sqlite":
+        old = SqliteStorage(tmp_path / "cp.db", before_v5)
+        old.add_certificate(revoked)
+        old.close()
+        storage: Storage = SqliteStorage(tmp_path / "cp.db")
+        try:
+            assert storage.schema_version() == len(MIGRATIONS)
+            assert storage.revoked_certificates_since(0.0) == [revoked]
+        finally:
+            storage.close()
+        raw = sqlite3.connect(tmp_path / "cp.db")
+        names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        raw.close()
+        assert "certificates_by_revocation" in names
+        return
+    with fresh_schema() as url:
+        pg_old = PostgresStorage(url, before_v5)
+        pg_old.add_certificate(revoked)
+        pg_old.close()
+        pg = PostgresStorage(url)
+        try:
+            assert pg.schema_version() == len(MIGRATIONS)
+            assert pg.revoked_certificates_since(0.0) == [revoked]
+        finally:
+            pg.close()
+        with psycopg.connect(url) as conn:
+            found = conn.execute(
+                "SELECT indexdef FROM pg_indexes WHERE indexname = 'certificates_by_revocation'"
+                " AND schemaname = current_schema()"
+            ).fetchone()
+        assert found is not None and "WHERE (revoked_at" in str(found[0]), found
