@@ -5,8 +5,10 @@ refused ones included (``PERMISSION_DENIED``); the web console and the plane app
 :meth:`AuditLog.record`. Each entry is chained to the previous one by a hash
 (``controlplane.storage.base_auth.entry_hash``), so editing a row, deleting one from the middle or
 swapping two is found by :func:`verify_chain` at the first entry that no longer fits. Deleting
-entries from the *end* leaves a shorter valid chain: keep the ``head_hash`` that ``opsctl audit
-verify`` prints somewhere else (a ticket, a log shipper) to detect that too.
+entries from the *end* leaves a shorter valid chain, so ``opsctl audit verify`` prints the head as
+an :class:`Anchor` (``SEQ:HASH``): kept somewhere else (a ticket, a log shipper) and given back as
+``verify --anchor SEQ:HASH``, it fails the check when the entry it names is gone (entries cut from
+the end) or differs (the log rewritten and rehashed from there on).
 
 What is recorded about a request: its scalar fields, never a secret. Fields whose name suggests
 one (token, secret, password, passphrase, key material) are replaced by ``<redacted>``, and bytes
@@ -116,23 +118,51 @@ class VerifyResult:
     first_bad_seq: int = 0
     problem: str = ""
     head_hash: str = GENESIS
+    head_seq: int = 0
+    anchor_checked: bool = False
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """An entry known from outside the control plane: its seq and hash (``SEQ:HASH``)."""
+
+    seq: int
+    hash: str
+
+    @classmethod
+    def parse(cls, text: str) -> Anchor:
+        seq, sep, digest = text.strip().partition(":")
+        if not (sep and seq.isdigit() and int(seq) > 0 and HEX64.fullmatch(digest)):
+            raise ValueError(
+                f"anchor {text!r}: expected SEQ:HASH as printed by `opsctl audit verify` "
+                "(a positive seq, a colon, 64 hex digits)"
+            )
+        return cls(int(seq), digest.lower())
+
+    def __str__(self) -> str:
+        return f"{self.seq}:{self.hash}"
+
+
+HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class ChainCheck:
-    """Walks the log in seq order, one batch at a time; stops at the first bad entry."""
+    """Walks the log in seq order, one batch at a time; stops at the first bad entry. With an
+    ``anchor``, the entry at its seq must carry its hash, and the log must reach that far."""
 
-    def __init__(self) -> None:
+    def __init__(self, anchor: Anchor | None = None) -> None:
         self.prev_seq = 0
         self.prev_hash = GENESIS
         self.checked = 0
         self.bad: VerifyResult | None = None
+        self.anchor = anchor
 
     def feed(self, entries: Iterable[AuditEntry]) -> bool:
         """False once a bad entry was found (``self.bad`` says which)."""
         for entry in entries:
             problem = self._problem(entry)
             if problem:
-                self.bad = VerifyResult(False, self.checked, entry.seq, problem, self.prev_hash)
+                self.bad = self._failed(entry.seq, problem)
                 return False
             self.prev_seq, self.prev_hash = entry.seq, entry.hash
             self.checked += 1
@@ -148,14 +178,36 @@ class ChainCheck:
             )
         if entry_hash(entry.seq, draft_of(entry), entry.prev_hash) != entry.hash:
             return "hash does not match its fields: the entry was edited"
+        if self.anchor and entry.seq == self.anchor.seq and entry.hash != self.anchor.hash:
+            return (
+                f"not the entry the anchor {self.anchor.seq}:{self.anchor.hash[:12]}... recorded: "
+                "the log was rewritten (and rehashed) from here or earlier"
+            )
         return ""
 
+    def _failed(self, seq: int, problem: str) -> VerifyResult:
+        return VerifyResult(False, self.checked, seq, problem, self.prev_hash, self.prev_seq)
+
     def result(self) -> VerifyResult:
-        return self.bad or VerifyResult(True, self.checked, head_hash=self.prev_hash)
+        if self.bad:
+            return self.bad
+        if self.anchor and self.anchor.seq > self.prev_seq:
+            problem = (
+                f"the log ends at seq {self.prev_seq}, before the anchor's seq "
+                f"{self.anchor.seq}: entries were cut from the end"
+            )
+            return self._failed(self.prev_seq + 1, problem)
+        return VerifyResult(
+            True,
+            self.checked,
+            head_hash=self.prev_hash,
+            head_seq=self.prev_seq,
+            anchor_checked=self.anchor is not None,
+        )
 
 
-def verify_chain(entries: Iterable[AuditEntry]) -> VerifyResult:
-    check = ChainCheck()
+def verify_chain(entries: Iterable[AuditEntry], anchor: Anchor | None = None) -> VerifyResult:
+    check = ChainCheck(anchor)
     check.feed(entries)
     return check.result()
 
@@ -199,8 +251,8 @@ class AuditLog:
         )
         return found
 
-    async def verify(self) -> VerifyResult:
-        check = ChainCheck()
+    async def verify(self, anchor: Anchor | None = None) -> VerifyResult:
+        check = ChainCheck(anchor)
         while True:
             batch = await self.store.run(self.db.audit_range, check.prev_seq, VERIFY_BATCH)
             if not check.feed(batch) or len(batch) < VERIFY_BATCH:

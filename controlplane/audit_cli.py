@@ -2,7 +2,8 @@
 
 ``opsctl audit verify`` exits 0 when every entry chains to the one before, and 1 naming the
 first bad entry otherwise (an edited row, one removed from the middle, two swapped). It prints
-the head hash: note it somewhere else to detect entries removed from the end later.
+the head as ``SEQ:HASH``: keep it somewhere else, and a later ``verify --anchor SEQ:HASH`` also
+catches entries removed from the end, or a log rewritten and rehashed from that entry on.
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ def register(subparsers: Any) -> None:
     add_output_arg(listing)
     listing.set_defaults(func=cmd_list)
     verify = cmds.add_parser("verify", help="check the hash chain; exit 1 if tampered")
+    verify.add_argument(
+        "--anchor",
+        default="",
+        metavar="SEQ:HASH",
+        help="a head printed by an earlier verify, kept elsewhere: also catches entries cut "
+        "from the end and a log rewritten from there",
+    )
     add_connection_args(verify)
     add_output_arg(verify)
     verify.set_defaults(func=cmd_verify)
@@ -76,13 +84,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     client = SecurityClient.from_args(args)
     try:
-        result = client.call("VerifyAudit", security_pb2.VerifyAuditRequest())
+        result = client.call("VerifyAudit", security_pb2.VerifyAuditRequest(anchor=args.anchor))
     finally:
         client.close()
 
     def text() -> str:
         if result.ok:
-            return f"audit log intact: {result.checked} entries, head {result.head_hash}"
+            anchored = f"; anchor {args.anchor.split(':')[0]} matches" if args.anchor else ""
+            return (
+                f"audit log intact: {result.checked} entries{anchored}; "
+                f"head {result.head_seq}:{result.head_hash} (keep it; pass it as --anchor)"
+            )
         return (
             f"audit log TAMPERED at seq {result.first_bad_seq}: {result.problem} "
             f"({result.checked} entries before it are intact)"

@@ -10,9 +10,9 @@ from typing import Any
 
 import grpc
 
-from controlplane.audit import VerifyResult
+from controlplane.audit import Anchor, VerifyResult
 from controlplane.auth import actor
-from controlplane.errors import NotFound
+from controlplane.errors import InvalidRequest, NotFound
 from controlplane.plane import ControlPlane
 from controlplane.status_codes import api_errors
 from controlplane.storage.base_auth import ApiTokenRecord, AuditEntry
@@ -60,6 +60,8 @@ def verify_response(r: VerifyResult) -> security_pb2.VerifyAuditResponse:
         first_bad_seq=r.first_bad_seq,
         problem=r.problem,
         head_hash=r.head_hash,
+        head_seq=r.head_seq,
+        anchor_checked=r.anchor_checked,
     )
 
 
@@ -114,4 +116,10 @@ class SecurityService(security_pb2_grpc.SecurityServicer):
     async def VerifyAudit(  # noqa: N802
         self, request: security_pb2.VerifyAuditRequest, context: Context
     ) -> security_pb2.VerifyAuditResponse:
-        return verify_response(await self.audit.verify())
+        anchor = None
+        if request.anchor:
+            try:
+                anchor = Anchor.parse(request.anchor)
+            except ValueError as exc:
+                raise InvalidRequest(str(exc)) from None
+        return verify_response(await self.audit.verify(anchor))

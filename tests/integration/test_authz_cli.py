@@ -116,6 +116,25 @@ def test_bootstrap_tokens_audit_and_tamper_detection(tmp_path: Path) -> None:
 
             ok = await opsctl(cp, otto, "audit", "verify")
             assert ok.code == 0 and "intact: 4 entries" in ok.out, ok.err
+            head = json.loads((await opsctl(cp, otto, "audit", "verify", "-o", "json")).out)
+            anchor = f"{head['head_seq']}:{head['head_hash']}"
+            assert head["head_seq"] == "4" and anchor in ok.out
+
+            # Cutting the newest entry leaves a valid shorter chain; the anchor kept from
+            # before catches it. Put back, the anchor matches again.
+            with sqlite3.connect(db) as conn:
+                saved = conn.execute("SELECT * FROM audit_log WHERE seq = 4").fetchone()
+                conn.execute("DELETE FROM audit_log WHERE seq = 4")
+            assert (await opsctl(cp, otto, "audit", "verify")).code == 0
+            short = await opsctl(cp, otto, "audit", "verify", "--anchor", anchor)
+            assert short.code == 1 and "cut from the end" in short.err, short
+            with sqlite3.connect(db) as conn:
+                marks = ",".join("?" * len(saved))
+                conn.execute(f"INSERT INTO audit_log VALUES ({marks})", saved)
+            back = await opsctl(cp, otto, "audit", "verify", "--anchor", anchor)
+            assert back.code == 0 and "anchor 4 matches" in back.out, back
+            typo = await opsctl(cp, otto, "audit", "verify", "--anchor", "4:nothex")
+            assert typo.code != 0 and "expected SEQ:HASH" in typo.err, typo
 
             # Someone with the file rewrites history: the denied attempt becomes a success.
             with sqlite3.connect(db) as conn:

@@ -11,11 +11,12 @@ import sqlite3
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.clock import FakeClock
-from controlplane.audit import AuditLog, summarize, verify_chain
+from controlplane.audit import Anchor, AuditLog, summarize, verify_chain
 from controlplane.auth import Principal
 from controlplane.storage.base_auth import GENESIS, AuditDraft, AuditEntry, chained, draft_of
 from controlplane.storage.runner import StorageThread
@@ -173,3 +174,47 @@ def test_fields_named_like_secrets_are_redacted() -> None:
     doc = scrub({"token": "t", "nested": {"password": "p", "ok": 1}, "long": "x" * 500})
     assert doc["token"] == "<redacted>" and doc["nested"] == {"password": "<redacted>", "ok": 1}
     assert len(doc["long"]) == 203
+
+
+@given(st.lists(drafts, min_size=2, max_size=12), st.data())
+@settings(max_examples=60, deadline=None)
+def test_an_anchor_catches_entries_cut_from_the_end(
+    items: list[AuditDraft], data: st.DataObject
+) -> None:
+    """Cutting the tail leaves a valid shorter chain; an anchor kept from before catches it."""
+    entries = build(items)
+    at = data.draw(st.integers(1, len(entries)))
+    anchor = Anchor(at, entries[at - 1].hash)
+    assert verify_chain(entries, anchor).anchor_checked
+    keep = data.draw(st.integers(0, at - 1))
+    assert verify_chain(entries[:keep]).ok, "without an anchor a truncated chain looks fine"
+    cut = verify_chain(entries[:keep], anchor)
+    assert not cut.ok and cut.first_bad_seq == keep + 1 and "cut from the end" in cut.problem
+
+
+def test_an_anchor_catches_a_log_rewritten_and_rehashed_from_its_entry() -> None:
+    honest = build(
+        [
+            AuditDraft(float(i), "alice", "operator", "token", "a", "", "", "ok", "{}")
+            for i in range(5)
+        ]
+    )
+    forged = build(
+        [
+            replace(draft_of(e), result="PERMISSION_DENIED") if e.seq >= 3 else draft_of(e)
+            for e in honest
+        ]
+    )
+    assert verify_chain(forged).ok, "rehashed throughout: the chain alone cannot tell"
+    result = verify_chain(forged, Anchor(4, honest[3].hash))
+    assert not result.ok and result.first_bad_seq == 4 and "rewritten" in result.problem
+    head = verify_chain(honest)
+    assert (head.head_seq, head.head_hash) == (5, honest[-1].hash)
+
+
+def test_an_anchor_must_be_seq_colon_hash() -> None:
+    good = Anchor.parse(f"12:{'AB' * 32}")
+    assert good == Anchor(12, "ab" * 32) and str(good) == f"12:{'ab' * 32}"
+    for bad in ("", "12", "0:" + "a" * 64, "x:" + "a" * 64, "12:abc", "12:" + "g" * 64):
+        with pytest.raises(ValueError, match="expected SEQ:HASH"):
+            Anchor.parse(bad)
