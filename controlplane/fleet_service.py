@@ -6,16 +6,14 @@ before anything else, its stored assignment if the agent has not accepted it yet
 central pause that applies to it; then the rollout driver decides whether it joins a wave. From
 then on a reader task handles what the agent sends while this handler writes what is queued for
 it. Reports are acked only after they are durable (group commit), so an agent deletes nothing the
-control plane could still lose; the reader does not wait for each batch's commit, so an agent's
-batches in flight share commits and acks (``controlplane.stream_acks``). When the stream ends
-for any reason the host is marked disconnected, unless a newer stream for it has already taken
-over, here or on another replica (the stored ``replica`` names the stream's holder).
+control plane could still lose. When the stream ends for any reason the host is marked
+disconnected, unless a newer stream for it has already taken over, here or on another replica
+(the stored ``replica`` names the stream's holder).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -28,7 +26,6 @@ from controlplane.convert import health_dict
 from controlplane.plane import ControlPlane
 from controlplane.rollout_engine import RETRYABLE
 from controlplane.storage.base import AgentRecord, ApplyResult, Report
-from controlplane.stream_acks import StreamAcks
 from stanch.v1 import fleet_pb2, fleet_pb2_grpc
 
 log = logging.getLogger("stanch.cp.fleet")
@@ -128,13 +125,10 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
     async def _read(
         self, requests: AsyncIterator[fleet_pb2.AgentMessage], conn: Connection
     ) -> None:
-        """Handle the agent's messages until its side ends; then end the stream (once the
-        reports it sent are durable and acked)."""
-        acks = StreamAcks(conn)
+        """Handle the agent's messages until its side ends; then end the stream."""
         try:
             async for message in requests:
-                await self._handle(message, conn, acks)
-            await acks.drained()
+                await self._handle(message, conn)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the agent reconnects and resends whatever was not acked
@@ -142,9 +136,7 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         finally:
             conn.close()
 
-    async def _handle(
-        self, message: fleet_pb2.AgentMessage, conn: Connection, acks: StreamAcks
-    ) -> None:
+    async def _handle(self, message: fleet_pb2.AgentMessage, conn: Connection) -> None:
         plane = self.plane
         kind = message.WhichOneof("body")
         if kind == "heartbeat":
@@ -153,12 +145,9 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
         elif kind == "reports":
             host = conn.host_id
             reports = [_report(host, r) for r in message.reports.reports]
-            if not reports:
-                acks.ack_empty()
-                return
-            acks.handed_over()
-            plane.ingestor.enqueue(reports, functools.partial(acks.done, [r.id for r in reports]))
-            await acks.room()
+            await plane.ingestor.submit(reports)
+            ids = [r.id for r in reports]
+            conn.send(fleet_pb2.ControlMessage(ack=fleet_pb2.Ack(report_ids=ids)))
         elif kind == "apply_result":
             await self._applied(message.apply_result, conn)
         elif kind == "hello":

@@ -1,11 +1,10 @@
 """Group commit for reports, and batched presence: the two write paths that scale with the fleet.
 
-``ReportIngestor``: every agent stream hands over its batch (``submit`` waits for the commit;
-``enqueue`` is told by a callback); one writer task takes *everything* queued by then and stores
-it in one transaction (one fsync), then tells every batch's owner, which acks its agent. While
-that commit runs, the next batches pile up and share the following one. One fsync per report caps
-a disk near 1,000 durable rows/s; one per group does not. A failed commit fails every batch in
-it: nothing is acked, so each agent keeps its reports and sends them again.
+``ReportIngestor``: every agent stream hands over its batch and waits; one writer task takes
+*everything* queued by then and stores it in one transaction (one fsync), then wakes every waiter,
+which acks its agent. While that commit runs, the next batches pile up and share the following
+one. One fsync per report caps a disk near 1,000 durable rows/s; one per group does not. A failed
+commit fails every waiter: nothing is acked, so each agent keeps its reports and sends them again.
 
 ``Presence``: heartbeats only move ``last_seen``; they are kept in memory and flushed every few
 seconds in one transaction, so 10,000 agents beating every 10 s cost one write per flush, not 1,000
@@ -18,7 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any
 
 from controlplane.instrumentation import Instruments, NoMetrics
 from controlplane.storage.base import Report
@@ -26,9 +25,6 @@ from controlplane.storage.runner import StorageThread
 
 log = logging.getLogger("stanch.cp.ingest")
 MAX_GROUP_ROWS = 5_000
-Done: TypeAlias = Callable[[BaseException | None], None]
-"""Told once a batch is durable (None) or its commit failed (the exception): nothing stored."""
-Pending: TypeAlias = tuple[Sequence[Report], Done]
 
 
 class ReportIngestor:
@@ -43,7 +39,7 @@ class ReportIngestor:
         self.metrics = metrics or NoMetrics()
         self.on_commit = on_commit
         self.max_rows = max_rows
-        self._pending: list[Pending] = []
+        self._pending: list[tuple[Sequence[Report], asyncio.Future[int]]] = []
         self._wake = asyncio.Event()
         self.commits = 0
         self.rows = 0
@@ -57,34 +53,14 @@ class ReportIngestor:
         return self.inflight + sum(len(reports) for reports, _ in self._pending)
 
     async def submit(self, reports: Sequence[Report]) -> int:
-        """Return once ``reports`` are durable: how many were handed over (redeliveries among
-        them are acked, not stored twice); raise what the commit raised."""
+        """Return once ``reports`` are durable: how many were new (the rest were redeliveries)."""
         if not reports:
             return 0
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-
-        def done(error: BaseException | None) -> None:
-            if future.done():
-                return
-            if error is None:
-                future.set_result(len(reports))
-            else:
-                future.set_exception(error)
-
-        self.enqueue(reports, done)
-        return await future
-
-    def enqueue(self, reports: Sequence[Report], done: Done) -> None:
-        """Hand ``reports`` over without waiting: ``done`` is called, from the event loop, once
-        they are durable or their commit failed. Within one commit the calls are made in the
-        order the batches were handed over, with no await in between, so a stream can gather
-        the acks of all its batches in that commit into one message (``call_soon``)."""
-        if not reports:
-            done(None)
-            return
         self.metrics.reports_received(len(reports))
-        self._pending.append((reports, done))
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((reports, future))
         self._wake.set()
+        return await future
 
     async def run(self) -> None:
         while True:
@@ -94,7 +70,7 @@ class ReportIngestor:
                 group = self._take()
                 await self._commit(group)
 
-    def _take(self) -> list[Pending]:
+    def _take(self) -> list[tuple[Sequence[Report], asyncio.Future[int]]]:
         """The oldest batches, up to ``max_rows`` rows (at least one batch). Sliced off in one
         go: popping the head one by one moves the whole queue each time, and under load it holds
         tens of thousands of batches."""
@@ -107,7 +83,7 @@ class ReportIngestor:
         del pending[:taken]
         return group
 
-    async def _commit(self, group: list[Pending]) -> None:
+    async def _commit(self, group: list[tuple[Sequence[Report], asyncio.Future[int]]]) -> None:
         flat = [r for reports, _ in group for r in reports]
         started, self.inflight = time.monotonic(), len(flat)
         try:
@@ -115,8 +91,9 @@ class ReportIngestor:
         except Exception as exc:  # every waiter learns; nothing is acked
             self.metrics.reports_committed(len(flat), None, time.monotonic() - started)
             log.error("report commit failed (%d rows, not acked): %s", len(flat), exc)
-            for _, done in group:
-                _tell(done, exc)
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
             return
         finally:
             self.inflight = 0
@@ -124,18 +101,11 @@ class ReportIngestor:
         self.commits += 1
         self.rows += len(flat)
         self.duplicates += len(flat) - new
-        for _, done in group:
-            _tell(done, None)
+        for reports, future in group:
+            if not future.done():
+                future.set_result(len(reports))
         if self.on_commit is not None:
             self.on_commit(flat)
-
-
-def _tell(done: Done, error: BaseException | None) -> None:
-    """One owner's callback failing must not keep the others of the commit from hearing."""
-    try:
-        done(error)
-    except Exception:
-        log.exception("report commit: a batch owner's callback failed")
 
 
 class Presence:

@@ -4,7 +4,6 @@ acks nothing."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 import time
 from collections.abc import Sequence
@@ -12,12 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.connections import Connection
 from controlplane.ingest import ReportIngestor
 from controlplane.storage.base import Report
 from controlplane.storage.runner import StorageThread
 from controlplane.storage.sqlite import SqliteStorage
-from controlplane.stream_acks import StreamAcks
 
 
 class SlowStorage(SqliteStorage):
@@ -97,72 +94,6 @@ def test_an_empty_batch_needs_no_commit(tmp_path: Path, n: int) -> None:
     async def main() -> None:
         store = StorageThread(SlowStorage(tmp_path / "cp.db"))
         assert await ReportIngestor(store).submit(batch("h", n)) == 0
-        store.close()
-
-    asyncio.run(main())
-
-
-def test_a_streams_batches_in_one_commit_are_acked_in_one_message(tmp_path: Path) -> None:
-    """The reader hands batches over without waiting: those sharing a commit share one Ack,
-    sent only after that commit."""
-
-    async def main() -> None:
-        storage = SlowStorage(tmp_path / "cp.db")
-        store = StorageThread(storage)
-        ingestor = ReportIngestor(store)
-        writer = asyncio.create_task(ingestor.run())
-        conn = Connection("h1", {})
-        acks = StreamAcks(conn)
-        for first in (0, 5, 10):
-            reports = [
-                Report("h1", first + i, "execution", "p", 1.0, "", "", "{}") for i in range(5)
-            ]
-            acks.handed_over()
-            ingestor.enqueue(reports, functools.partial(acks.done, [r.id for r in reports]))
-        assert conn.queue.empty()  # nothing durable yet: nothing acked
-        await asyncio.wait_for(acks.drained(), 10)
-        message = conn.queue.get_nowait()
-        assert message is not None and list(message.ack.report_ids) == list(range(15))
-        assert conn.queue.empty() and storage.calls == [15]
-        writer.cancel()
-        store.close()
-
-    asyncio.run(main())
-
-
-def test_a_failed_commit_acks_nothing_and_ends_the_stream(tmp_path: Path) -> None:
-    async def main() -> None:
-        storage = SlowStorage(tmp_path / "cp.db")
-        storage.fail.set()
-        store = StorageThread(storage)
-        ingestor = ReportIngestor(store)
-        writer = asyncio.create_task(ingestor.run())
-        conn = Connection("h1", {})
-        acks = StreamAcks(conn)
-        acks.handed_over()
-        ingestor.enqueue(batch("h1"), functools.partial(acks.done, [0, 1, 2, 3, 4]))
-        await asyncio.wait_for(acks.drained(), 10)
-        assert conn.closed and conn.queue.get_nowait() is None  # the close sentinel, no Ack
-        writer.cancel()
-        store.close()
-
-    asyncio.run(main())
-
-
-def test_a_stream_waits_when_too_many_batches_are_in_flight(tmp_path: Path) -> None:
-    async def main() -> None:
-        store = StorageThread(SlowStorage(tmp_path / "cp.db"))
-        ingestor = ReportIngestor(store)
-        acks = StreamAcks(Connection("h1", {}), limit=2)
-        for i in range(2):
-            acks.handed_over()
-            ingestor.enqueue(batch("h1", 1), functools.partial(acks.done, [i]))
-        room = asyncio.create_task(acks.room())
-        await asyncio.sleep(0.1)
-        assert not room.done()  # no writer yet: nothing committed, no room
-        writer = asyncio.create_task(ingestor.run())
-        await asyncio.wait_for(room, 10)
-        writer.cancel()
         store.close()
 
     asyncio.run(main())
