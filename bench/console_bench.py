@@ -11,6 +11,13 @@ Where the agents come from (``--source``):
 - ``storage``: the same number of agent rows written through the storage API
   (``upsert_agent``), nothing connected: the render cost alone.
 
+Where the pages read from (``--reads``):
+
+- ``console`` (default, as ``stanch-cp`` runs it): the console's own read-only storage
+  instance on its own thread (``controlplane.storage.reader``);
+- ``plane``: the control plane's one storage thread, behind the presence flush and the report
+  commits (how the console read before it had its own; kept for before/after figures).
+
 What one sample is: an HTTP GET of the page over loopback from a client thread (a logged-in
 session cookie, as a browser sends it) until the last byte arrived: the server's time to read
 the fleet through ``fleet_view``, render the page (100 rows, counts over every agent) and send
@@ -96,6 +103,10 @@ async def bench(args: argparse.Namespace, work: Path) -> int:
     port = await server.start()
     console = ConsoleServer(plane, "127.0.0.1", 0)
     await console.start()
+    if args.reads == "plane":
+        console.console.reads = None  # pages read through plane.store (the reader stays open)
+    elif console.console.reads is None:
+        raise SystemExit("console_bench: the console opened no read-only reader")
     loop = asyncio.get_running_loop()
     fleet = None
     try:
@@ -150,7 +161,8 @@ async def bench(args: argparse.Namespace, work: Path) -> int:
         p95 = sorted(times)[max(0, int(len(times) * 0.95) - 1)]
         verdict = "meets" if median < TARGET_MS else "MISSES"
         print(
-            f"| console {label} | {stored} agents ({args.source}) | median {median:.0f} ms, "
+            f"| console {label} | {stored} agents ({args.source}, reads: {args.reads}) | "
+            f"median {median:.0f} ms, "
             f"p95 {p95:.0f} ms over {len(times)} loads | {verdict} < {TARGET_MS:.0f} ms |"
         )
     print(f"(page size {size / 1024:.0f} KiB)")
@@ -163,6 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=30)
     p.add_argument("--source", choices=("sim", "storage"), default="sim")
     p.add_argument("--processes", type=int, default=2, help="simulator worker processes")
+    p.add_argument(
+        "--reads",
+        choices=("console", "plane"),
+        default="console",
+        help="pages read through the console's read-only storage thread (default) or the "
+        "plane's one storage thread (the old way, for comparison)",
+    )
     p.add_argument("--connect-timeout", type=float, default=600.0)
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="console-bench-") as work:

@@ -3,7 +3,10 @@
 ``opsctl agents list``, ``explain`` and ``reports pareto`` (through ``admin_service``) and the
 console's Fleet, Host and Toil pages ask the same functions, so a page and a command can never
 disagree about which host is connected, which bundle is stale or which policy saved the most
-toil. Everything reads through the storage thread (``plane.store.run``); nothing here writes.
+toil. Everything reads through a storage thread and nothing here writes: the plane's own
+(``plane.store``) unless the caller passes ``reads``, a read-only storage instance on its own
+thread (``controlplane.storage.reader``; the console does, so a page does not wait behind the
+presence flush and the report commits on the plane's thread).
 
 Records stay records (frozen dataclasses); turning them into protobuf messages is ``convert``'s
 job, turning them into HTML the console's.
@@ -32,6 +35,7 @@ from controlplane.storage.base import (
     RolloutHost,
     RolloutRecord,
 )
+from controlplane.storage.runner import StorageThread
 
 MAX_PAGE = 500
 
@@ -82,10 +86,16 @@ class RolloutView:
     """Agents the selector matches now (wave targets are shares of it)."""
 
 
+def _source(plane: ControlPlane, reads: StorageThread | None) -> StorageThread:
+    """Where to read: ``reads`` when given, else the plane's own storage thread."""
+    return reads if reads is not None else plane.store
+
+
 async def _fleet(
-    plane: ControlPlane, selector: Mapping[str, str]
+    plane: ControlPlane, selector: Mapping[str, str], reads: StorageThread | None
 ) -> tuple[list[AgentRecord], _Context]:
-    run, db = plane.store.run, plane.db
+    store = _source(plane, reads)
+    run, db = store.run, store.storage
     found = [a for a in await run(db.agents) if matches(selector, a.labels)]
     found.sort(key=lambda a: a.host_id)
     context = _Context(
@@ -99,19 +109,25 @@ async def _fleet(
     return found, context
 
 
-async def agents(plane: ControlPlane, selector: Mapping[str, str]) -> list[AgentView]:
+async def agents(
+    plane: ControlPlane, selector: Mapping[str, str], reads: StorageThread | None = None
+) -> list[AgentView]:
     """Every agent matching ``selector``, ordered by host id."""
-    found, context = await _fleet(plane, selector)
+    found, context = await _fleet(plane, selector, reads)
     return [context.view(a) for a in found]
 
 
 async def fleet_page(
-    plane: ControlPlane, selector: Mapping[str, str], offset: int = 0, limit: int = 100
+    plane: ControlPlane,
+    selector: Mapping[str, str],
+    offset: int = 0,
+    limit: int = 100,
+    reads: StorageThread | None = None,
 ) -> FleetPage:
     """One page of :func:`agents`, with counts over the whole selection. Only the page's rows
     become :class:`AgentView` (10,000 agents: the counts are cheap, the views are not)."""
     limit = max(1, min(limit, MAX_PAGE))
-    found, c = await _fleet(plane, selector)
+    found, c = await _fleet(plane, selector, reads)
     offset = max(0, min(offset, max(0, len(found) - 1)))
     return FleetPage(
         agents=[c.view(a) for a in found[offset : offset + limit]],
@@ -173,8 +189,11 @@ class _Context:
         )
 
 
-async def agent(plane: ControlPlane, host: str) -> AgentView | None:
-    run, db = plane.store.run, plane.db
+async def agent(
+    plane: ControlPlane, host: str, reads: StorageThread | None = None
+) -> AgentView | None:
+    store = _source(plane, reads)
+    run, db = store.run, store.storage
     record = await run(db.agent, host)
     if record is None:
         return None
@@ -190,15 +209,22 @@ async def agent(plane: ControlPlane, host: str) -> AgentView | None:
     return context.view(record)
 
 
-async def explain(plane: ControlPlane, host: str, policy: str, limit: int = 20) -> Explanation:
+async def explain(
+    plane: ControlPlane,
+    host: str,
+    policy: str,
+    limit: int = 20,
+    reads: StorageThread | None = None,
+) -> Explanation:
     """What ``opsctl explain`` and the console's Host page show: the agent, its last reports on
     ``policy`` (every policy when empty), newest first, and the central pauses that reach it."""
-    view = await agent(plane, host)
+    store = _source(plane, reads)
+    view = await agent(plane, host, reads)
     query = ReportQuery(host=host, policy=policy, limit=limit)
-    reports = await plane.store.run(plane.db.reports, query)
+    reports = await store.run(store.storage.reports, query)
     if view is None and not reports:
         raise NotFound(f"host {host}: never connected; see 'opsctl agents list'")
-    pauses = await plane.store.run(plane.db.pauses, plane.clock.now())
+    pauses = await store.run(store.storage.pauses, plane.clock.now())
     mine = [
         p
         for p in pauses
@@ -209,13 +235,14 @@ async def explain(plane: ControlPlane, host: str, policy: str, limit: int = 20) 
 
 
 async def toil(
-    plane: ControlPlane, since: float, limit: int = 20
+    plane: ControlPlane, since: float, limit: int = 20, reads: StorageThread | None = None
 ) -> tuple[list[pareto.ParetoRow], list[pareto.ParetoRow]]:
     """The Pareto of executions since ``since``: (per policy, per host and policy)."""
+    store = _source(plane, reads)
     query = ReportQuery(kind="execution", since=since, limit=1_000_000)
-    reports = await plane.store.run(plane.db.reports, query)
+    reports = await store.run(store.storage.reports, query)
     minutes: dict[str, float] = {}
-    for bundle in sorted(await plane.store.run(plane.db.bundles), key=lambda b: b.published_at):
+    for bundle in sorted(await store.run(store.storage.bundles), key=lambda b: b.published_at):
         minutes.update(bundle.manual_minutes)  # the newest definition wins
     executions = [
         pareto.Execution(r.host_id, r.policy, r.outcome, r.at, r.body_json) for r in reports
@@ -223,12 +250,15 @@ async def toil(
     return pareto.pareto(executions, minutes, limit)
 
 
-async def runbook(plane: ControlPlane, digest: str, policy: str) -> str:
+async def runbook(
+    plane: ControlPlane, digest: str, policy: str, reads: StorageThread | None = None
+) -> str:
     """The runbook link of ``policy`` in published bundle ``digest``; "" when it has none.
 
     The bundle is verified again (without the expiry check: it was accepted once and may still be
     running) before a word of it is shown, as ``publish`` did when it came in."""
-    data = await plane.store.run(plane.db.bundle_data, digest) if digest else None
+    store = _source(plane, reads)
+    data = await store.run(store.storage.bundle_data, digest) if digest else None
     if not data:
         return ""
     try:
@@ -243,9 +273,12 @@ async def runbook(plane: ControlPlane, digest: str, policy: str) -> str:
     return ""
 
 
-async def rollouts(plane: ControlPlane, limit: int = 20) -> list[RolloutView]:
+async def rollouts(
+    plane: ControlPlane, limit: int = 20, reads: StorageThread | None = None
+) -> list[RolloutView]:
     """The newest ``limit`` rollouts, newest first, each with the hosts it touched."""
-    run, db = plane.store.run, plane.db
+    store = _source(plane, reads)
+    run, db = store.run, store.storage
     newest = sorted(await run(db.rollouts, False), key=lambda r: r.created_at, reverse=True)
     every = await run(db.agents) if newest else []
     views = []
@@ -256,7 +289,8 @@ async def rollouts(plane: ControlPlane, limit: int = 20) -> list[RolloutView]:
     return views
 
 
-async def pauses(plane: ControlPlane) -> list[PauseRecord]:
+async def pauses(plane: ControlPlane, reads: StorageThread | None = None) -> list[PauseRecord]:
     """The central pauses in force now (as ``opsctl pauses list`` shows them)."""
-    found: list[PauseRecord] = await plane.store.run(plane.db.pauses, plane.clock.now())
+    store = _source(plane, reads)
+    found: list[PauseRecord] = await store.run(store.storage.pauses, plane.clock.now())
     return found

@@ -2,7 +2,9 @@
 
 Counted in the process as plain integers, whether metrics are on or not (an add per event), and
 exported at scrape time by ``controlplane.metrics`` as ``stanch_cp_enrollments_total``,
-``stanch_cp_certificate_renewals_total`` and ``stanch_cp_operator_authentications_total``.
+``stanch_cp_certificate_renewals_total``, ``stanch_cp_operator_authentications_total``,
+``stanch_cp_console_logins_total`` and ``stanch_cp_console_sessions`` (the web console's
+logins by result, and its sessions open now).
 Kept on :class:`~controlplane.auth.Authenticator` (``plane.auth.events``) because the two
 places that count, the enrollment servicer and the operator interceptor, both reach it; neither
 needs ``prometheus_client``.
@@ -17,7 +19,7 @@ can copy them while the event loop counts, and ``increase()`` sees the first eve
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 ENROLL_RESULTS = (
     "issued",
@@ -53,6 +55,20 @@ operator certificate, the ``--insecure`` development admin, or nothing usable at
 
 AUTH_RESULTS = ("ok", "unauthenticated", "permission_denied")
 
+CONSOLE_LOGIN_RESULTS = (
+    "ok",
+    "bad_token",
+    "forbidden",
+    "rate_limited",
+    "csrf",
+    "bad_form",
+    "other",
+)
+"""Web console login attempts: ``ok`` (a session was opened), ``bad_token`` (empty, malformed,
+unknown, wrong, expired or revoked), ``forbidden`` (a valid token whose role may not use the
+console), ``rate_limited`` (429 before any check), ``csrf`` (the login form's own CSRF cookie
+missing or wrong, or another origin), ``bad_form`` (a form too large or unreadable)."""
+
 
 class SecurityEvents:
     """The tallies. Called on the event loop; read (copied) from the scrape thread."""
@@ -63,6 +79,12 @@ class SecurityEvents:
         self.authentications: dict[tuple[str, str], int] = {
             (method, result): 0 for method in AUTH_METHODS for result in AUTH_RESULTS
         }
+        self.console_logins: dict[str, int] = dict.fromkeys(CONSOLE_LOGIN_RESULTS, 0)
+        self.console_sessions = 0
+        """In a snapshot (:meth:`copy`): console sessions open then."""
+        self.count_console_sessions: Callable[[], int] | None = None
+        """Set by the web console when it starts: its open sessions now (called on the event
+        loop, by :meth:`copy`). None without a console: 0 sessions."""
         self.expiring: int | None = None
         """Hosts whose certificate expires soon, as ``controlplane.metrics`` last counted them
         (a storage scan it caches here, next to the plane, rather than repeat every scrape)."""
@@ -84,12 +106,21 @@ class SecurityEvents:
         )
         self.authentications[key] += 1
 
+    def console_login(self, result: str) -> None:
+        """One web console login attempt, ``result`` from :data:`CONSOLE_LOGIN_RESULTS`
+        (else ``other``)."""
+        self.console_logins[result if result in self.console_logins else "other"] += 1
+
     def copy(self) -> SecurityEvents:
-        """A consistent-enough snapshot for one scrape (each dictionary copied at once)."""
+        """A consistent-enough snapshot for one scrape (each dictionary copied at once), with
+        the console's open sessions counted now. Call it on the event loop."""
         snap = SecurityEvents()
         snap.enrollments = dict(self.enrollments)
         snap.renewals = dict(self.renewals)
         snap.authentications = dict(self.authentications)
+        snap.console_logins = dict(self.console_logins)
+        count = self.count_console_sessions
+        snap.console_sessions = count() if count is not None else 0
         return snap
 
 

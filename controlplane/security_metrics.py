@@ -1,6 +1,7 @@
-"""The security part of the control plane's ``/metrics``: enrollment, renewal and operator
-authentication outcomes (tallied by ``controlplane.security_events``) as counters, and the hosts
-whose certificate is about to expire, read from storage.
+"""The security part of the control plane's ``/metrics``: enrollment, renewal, operator
+authentication and web console login outcomes (tallied by ``controlplane.security_events``) as
+counters, the console's open sessions as a gauge, and the hosts whose certificate is about to
+expire, read from storage.
 
 Read at scrape time by ``controlplane.metrics`` (``snapshot_plane`` copies the tallies on the
 event loop and counts the certificates on the storage thread, at most every
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from controlplane.security_events import SecurityEvents
 from controlplane.storage.base import Storage
@@ -43,7 +44,9 @@ def expiring_hosts(db: Storage, now: float, window: float = EXPIRY_WINDOW) -> in
     )
 
 
-def security_families(events: SecurityEvents) -> Iterator[CounterMetricFamily]:
+def security_families(
+    events: SecurityEvents,
+) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
     enrollments = CounterMetricFamily(
         "stanch_cp_enrollments",
         "Enroll calls by result: issued, or why refused (rate_limited, disabled, bad_csr, "
@@ -71,3 +74,18 @@ def security_families(events: SecurityEvents) -> Iterator[CounterMetricFamily]:
     for (method, result), count in events.authentications.items():
         auth.add_metric([method, result], float(count))
     yield auth
+    logins = CounterMetricFamily(
+        "stanch_cp_console_logins",
+        "Web console login attempts by result: ok, bad_token (unknown, wrong, expired or "
+        "revoked), forbidden (a role that may not use the console), rate_limited, csrf, "
+        "bad_form.",
+        labels=["result"],
+    )
+    for result, count in events.console_logins.items():
+        logins.add_metric([result], float(count))
+    yield logins
+    yield GaugeMetricFamily(
+        "stanch_cp_console_sessions",
+        "Web console sessions open now (logged in, not expired; 0 without --console-listen).",
+        value=float(events.console_sessions),
+    )

@@ -18,6 +18,7 @@ from agent.errors import StanchError
 from agent.instrumentation import split_listen
 from controlplane import transport
 from controlplane.assignments import make_signer
+from controlplane.console.proxies import parse_network
 from controlplane.errors import ControlPlaneError
 from controlplane.instrumentation import Instruments
 from controlplane.keys import load_private_key
@@ -101,6 +102,16 @@ def parser() -> argparse.ArgumentParser:
         help="serve the web console here (off by default; e.g. 127.0.0.1:8443; HTTPS with the "
         "server certificate when TLS is on)",
     )
+    p.add_argument(
+        "--console-trusted-proxy",
+        type=parse_network,
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="a reverse proxy in front of the console (repeatable; off by default): from these "
+        "peers the client address is the right-most X-Forwarded-For entry that is not itself "
+        "a trusted proxy (login throttling per client), and X-Forwarded-Proto is believed",
+    )
     p.add_argument("--replica-id", default=socket.gethostname(), help="rollout lease holder")
     p.add_argument("--log-level", default="info")
     p.add_argument("--log-format", default="auto", choices=("auto", "json", "text"))
@@ -110,6 +121,8 @@ def parser() -> argparse.ArgumentParser:
 def build(
     args: argparse.Namespace, metrics: Instruments | None = None
 ) -> tuple[ControlPlane, str | None]:
+    if getattr(args, "console_trusted_proxy", None) and not getattr(args, "console_listen", None):
+        raise ConfigError("--console-trusted-proxy needs --console-listen (the console is off)")
     passphrase = None
     if args.assignment_key_passphrase_env:
         value = os.environ.get(args.assignment_key_passphrase_env)

@@ -12,7 +12,10 @@ header when the browser sends one, and the session's CSRF token in the form.
 
 Rotation: a login always issues a fresh random session id and drops the one the browser sent,
 if any (a planted or leftover cookie never becomes a logged-in session); logout drops the id.
-Login attempts pass :class:`controlplane.console.throttle.LoginThrottle` first (429 beyond it).
+Login attempts pass :class:`controlplane.console.throttle.LoginThrottle` first (429 beyond it),
+keyed by the client's address (``Console.client``: the peer's, or behind a
+``--console-trusted-proxy`` the forwarded one). Every attempt's result is counted in
+``plane.auth.events`` (``stanch_cp_console_logins_total{result}``).
 """
 
 from __future__ import annotations
@@ -47,12 +50,13 @@ class Refusal(Exception):
     message: str
 
 
-def same_origin(request: Request) -> bool:
-    """False when the browser says the request comes from another origin."""
+def same_origin(request: Request, scheme: str | None = None) -> bool:
+    """False when the browser says the request comes from another origin. ``scheme``: the
+    browser's, when a trusted proxy said it (``Console.scheme``); else the request's."""
     origin = request.headers.get("origin")
     if origin is None:  # not a browser, or an old one: the CSRF token still has to match
         return True
-    expected = f"{request.url.scheme}://{request.headers.get('host', '')}"
+    expected = f"{scheme or request.url.scheme}://{request.headers.get('host', '')}"
     return origin == expected
 
 
@@ -68,7 +72,7 @@ async def checked(console: Console, request: Request) -> tuple[Session, FormData
     session = await console.session(request)
     if session is None:
         raise Refusal(401, "not logged in (the session expired or its token was revoked): log in")
-    if not same_origin(request):
+    if not same_origin(request, console.scheme(request)):
         raise Refusal(403, "refused: the request came from another site")
     form = await read_form(request)
     if not session.csrf_ok(str(form.get("csrf", ""))):
@@ -103,8 +107,9 @@ def _login_page(console: Console, request: Request, error: str, status: int) -> 
 
 def login(console: Console) -> Endpoint:
     async def endpoint(request: Request) -> Response:
-        address = request.client.host if request.client else "unknown"
+        address = console.client(request)
         if not console.throttle.allow(address):
+            console.events.console_login("rate_limited")
             wait = console.throttle.retry_after()
             log.debug("console login from %s refused: too many attempts", address)
             return Response(
@@ -115,14 +120,20 @@ def login(console: Console) -> Endpoint:
         try:
             form = await read_form(request)
         except Refusal as exc:
+            console.events.console_login("bad_form")
             return Response(exc.message, status_code=exc.status)
         cookie = request.cookies.get(LOGIN_COOKIE, "")
         given = str(form.get("login_csrf", ""))
-        if not same_origin(request) or not cookie or not hmac.compare_digest(given, cookie):
+        fresh = bool(cookie) and hmac.compare_digest(given, cookie)
+        if not same_origin(request, console.scheme(request)) or not fresh:
+            console.events.console_login("csrf")
             return _login_page(console, request, "The form expired; try again.", 403)
         token = str(form.get("token", "")).strip()
         principal = await console.auth.from_token(token) if token else None
         if principal is None or principal.role not in ROLES:
+            # A role the console does not know is told apart in the metric only: the page
+            # says the same as for a wrong token.
+            console.events.console_login("bad_token" if principal is None else "forbidden")
             console.throttle.failed += 1
             log.warning(
                 "console login from %s refused (unknown, expired or revoked token; %d so far)",
@@ -137,7 +148,8 @@ def login(console: Console) -> Endpoint:
         session = console.sessions.create(
             Principal(name=principal.name, role=principal.role, via="console"), token_id
         )
-        log.info("console login: %s (%s)", principal.name, principal.role)
+        console.events.console_login("ok")
+        log.info("console login: %s (%s) from %s", principal.name, principal.role, address)
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(
             COOKIE,

@@ -2,8 +2,14 @@
 
 ``create_app(plane)`` builds it around a running :class:`ControlPlane`; ``serve`` runs it with
 uvicorn inside the control-plane process. Pages read through ``controlplane.fleet_view`` and the
-other service modules, never from tables; actions go through the same service functions as the
-Admin API, checked with ``controlplane.auth.allows`` and written to ``plane.audit``.
+other service modules, never from tables, on the console's own read-only storage thread when it
+has one (``Console.reads``, opened by ``serve`` from ``plane.db``; see
+``controlplane.storage.reader``); actions go through the same service functions as the Admin
+API, on the plane's storage thread, checked with ``controlplane.auth.allows`` and written to
+``plane.audit``.
+
+Login attempts and open sessions are counted in ``plane.auth.events`` (the security tallies
+``/metrics`` exports as ``stanch_cp_console_logins_total`` and ``stanch_cp_console_sessions``).
 
 Every response carries a strict Content-Security-Policy (scripts and styles from this origin
 only, no framing, forms may only post here) and ``Cache-Control: no-store``: a shared terminal's
@@ -14,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,11 +35,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.duration import format_duration
 from controlplane.auth import Principal, allows
+from controlplane.console.proxies import (
+    FORWARDED_FOR,
+    FORWARDED_PROTO,
+    Network,
+    client_address,
+    forwarded_scheme,
+)
 from controlplane.console.sessions import COOKIE, Session, SessionStore
 from controlplane.console.throttle import LOGIN_LIMITS, LoginThrottle
 from controlplane.output import ago, labels_text, stamp
 from controlplane.plane import ControlPlane
 from controlplane.ratelimit import EnrollLimits
+from controlplane.storage.runner import StorageThread
 
 log = logging.getLogger("stanch.cp.console")
 ENDED = "ended"
@@ -87,6 +101,10 @@ class Console:
     login_limits: EnrollLimits = LOGIN_LIMITS
     failed_login_delay: float = 0.5
     """Seconds a wrong token waits before the answer (on top of :attr:`throttle`)."""
+    reads: StorageThread | None = None
+    """Read-only storage on its own thread for the pages (None: the plane's own thread)."""
+    trusted_proxies: Sequence[Network] = ()
+    """``--console-trusted-proxy``: peers whose ``X-Forwarded-For`` is believed."""
     sessions: SessionStore = field(init=False)
     throttle: LoginThrottle = field(init=False)
     flashes: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -95,6 +113,8 @@ class Console:
     def __post_init__(self) -> None:
         self.sessions = SessionStore(self.plane.clock)
         self.throttle = LoginThrottle(self.plane.clock.now, self.login_limits)
+        self.events = self.plane.auth.events
+        self.events.count_console_sessions = self.sessions.open_count
         self.env = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(default=True),
@@ -130,6 +150,19 @@ class Console:
                 principal.role,
             )
         return self.sessions.confirm(session, principal)
+
+    def client(self, request: Request) -> str:
+        """The client's address: the TCP peer's, or behind a trusted proxy the one it
+        forwarded (``controlplane.console.proxies``)."""
+        peer = request.client.host if request.client else "unknown"
+        forwarded = request.headers.getlist(FORWARDED_FOR)
+        return client_address(peer, forwarded, self.trusted_proxies)
+
+    def scheme(self, request: Request) -> str:
+        """The browser's scheme: the request's, or the one a trusted proxy forwarded."""
+        peer = request.client.host if request.client else "unknown"
+        proto = request.headers.get(FORWARDED_PROTO)
+        return forwarded_scheme(peer, proto, self.trusted_proxies) or request.url.scheme
 
     def stored(self, request: Request) -> Session | None:
         """The request's session as stored, without re-checking its token."""
@@ -226,9 +259,12 @@ def create_app(
     audit: AuditSink | None = None,
     secure: bool = False,
     login_limits: EnrollLimits = LOGIN_LIMITS,
+    reads: StorageThread | None = None,
+    trusted_proxies: Sequence[Network] = (),
 ) -> Starlette:
     """The console around ``plane`` (``auth`` and ``audit`` default to ``plane.auth`` and
-    ``plane.audit``, the ones the gRPC interceptor uses)."""
+    ``plane.audit``, the ones the gRPC interceptor uses). Pages read through ``reads`` (the
+    caller opens and closes it) or, without it, through the plane's own storage thread."""
     from controlplane.console import access, actions, pages
 
     console = Console(
@@ -237,6 +273,8 @@ def create_app(
         audit if audit is not None else plane.audit,
         secure,
         login_limits,
+        reads=reads,
+        trusted_proxies=tuple(trusted_proxies),
     )
     routes = [
         Route("/", page(console, pages.fleet)),

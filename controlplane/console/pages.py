@@ -1,8 +1,10 @@
 """The console's pages: Fleet, Rollouts (and its live fragment), Host, Toil, Approvals.
 
 Each handler asks the service layer (``fleet_view``, ``approvals``, ``convert`` for rollout
-progress) and hands plain values to a template; no handler touches storage directly. Query
-parameters are validated here and a bad one is shown on the page, never a traceback.
+progress) and hands plain values to a template; no handler touches storage directly. The
+``fleet_view`` reads go through the console's read-only storage thread (``console.reads``), so
+a page does not queue behind the plane's writes. Query parameters are validated here and a bad
+one is shown on the page, never a traceback.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ async def fleet(console: Console, request: Request, session: Session) -> Respons
     except ControlPlaneError as exc:
         selector, error = {}, str(exc)
     page = _int(request.query_params.get("page"), 1) or 1
-    found = await fleet_view.fleet_page(console.plane, selector, (page - 1) * PAGE_SIZE, PAGE_SIZE)
-    pauses = await fleet_view.pauses(console.plane)
+    found = await fleet_view.fleet_page(
+        console.plane, selector, (page - 1) * PAGE_SIZE, PAGE_SIZE, reads=console.reads
+    )
+    pauses = await fleet_view.pauses(console.plane, reads=console.reads)
     pages = max(1, -(-found.total // PAGE_SIZE))
     return console.render(
         request,
@@ -60,7 +64,7 @@ async def fleet(console: Console, request: Request, session: Session) -> Respons
 
 
 async def _rollouts_context(console: Console) -> dict[str, object]:
-    views = await fleet_view.rollouts(console.plane)
+    views = await fleet_view.rollouts(console.plane, reads=console.reads)
     shown = []
     for v in views:
         status = convert.rollout_status(v.rollout, v.bundle, v.hosts, v.matching)
@@ -86,7 +90,9 @@ async def host(console: Console, request: Request, session: Session) -> Response
     host_id = request.path_params["host"]
     policy = request.query_params.get("policy", "").strip()[:200]
     try:
-        found = await fleet_view.explain(console.plane, host_id, policy, limit=30)
+        found = await fleet_view.explain(
+            console.plane, host_id, policy, limit=30, reads=console.reads
+        )
     except NotFound as exc:
         return console.render(
             request, "error.html", {"message": str(exc), "title": host_id}, 404, session
@@ -99,7 +105,9 @@ async def host(console: Console, request: Request, session: Session) -> Response
     runbook = ""
     if policy and found.agent is not None:
         runbook = words.safe_link(
-            await fleet_view.runbook(console.plane, found.agent.agent.bundle_digest, policy)
+            await fleet_view.runbook(
+                console.plane, found.agent.agent.bundle_digest, policy, reads=console.reads
+            )
         )
     return console.render(
         request,
@@ -123,7 +131,7 @@ async def toil(console: Console, request: Request, session: Session) -> Response
     if window not in WINDOWS:
         window = "7d"
     since = console.plane.clock.now() - parse_duration(window)
-    policies, hosts = await fleet_view.toil(console.plane, since, limit=15)
+    policies, hosts = await fleet_view.toil(console.plane, since, limit=15, reads=console.reads)
     return console.render(
         request,
         "toil.html",

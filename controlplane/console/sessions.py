@@ -116,6 +116,12 @@ class SessionStore:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def open_count(self) -> int:
+        """Sessions not expired now (``stanch_cp_console_sessions``); expired ones still held
+        until the next create or lookup are not counted. On the event loop."""
+        now = self.clock.now()
+        return sum(1 for s in list(self._sessions.values()) if s.expires_at > now)
+
     def _expire(self, now: float) -> None:
         for sid in [s.id for s in self._sessions.values() if s.expires_at <= now]:
             del self._sessions[sid]

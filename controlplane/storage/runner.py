@@ -3,6 +3,10 @@
 One worker thread, so calls are serialised in the order they were made (SQLite has one writer
 anyway, and ordering keeps "persist, then ack" simple to reason about). A gRPC stream waiting on
 a commit yields the loop to every other stream meanwhile.
+
+The web console reads through a second ``StorageThread`` around a read-only storage instance
+(``controlplane.storage.reader``), so a page load does not queue behind the presence flush and
+the report group commits on this one.
 """
 
 from __future__ import annotations
@@ -20,9 +24,10 @@ T = TypeVar("T")
 
 
 class StorageThread:
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, name: str = "cp-storage") -> None:
+        """``name`` prefixes the worker thread's name (``py-spy`` and tracebacks show it)."""
         self.storage = storage
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cp-storage")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
 
     async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         loop = asyncio.get_running_loop()

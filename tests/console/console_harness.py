@@ -1,8 +1,10 @@
 """Harness for the console's HTTP tests: a real control plane in the test's event loop (real
 SQLite, real keys, its background tasks running) and the console app driven over httpx's ASGI
 transport in the same loop, so actions hit the very engine, kill switch and audit log the gRPC
-API uses. Data is put in through the service layer and the storage API, as agents and opsctl
-would put it there.
+API uses. Pages read through a read-only reader on the same SQLite file, as ``ConsoleServer``
+opens one (``controlplane.storage.reader``), so every page test also checks that the reader sees
+what the plane just wrote. Data is put in through the service layer and the storage API, as
+agents and opsctl would put it there.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,6 +28,8 @@ from controlplane.bundle_fixtures import KeyRing, make_bundle, policy_text, writ
 from controlplane.console.app import create_app
 from controlplane.plane import ControlPlane, Settings
 from controlplane.storage.base import AgentRecord, BundleRecord, Report
+from controlplane.storage.reader import open_reader
+from controlplane.storage.runner import StorageThread
 from controlplane.storage.sqlite import SqliteStorage
 
 BASE = "http://console.test"
@@ -37,11 +42,20 @@ class Env:
     plane: ControlPlane
     ring: KeyRing
     secure: bool = False
+    reads: StorageThread | None = None
 
-    def client(self) -> httpx.AsyncClient:
-        app = create_app(self.plane, secure=self.secure)
+    def client(self, **app: Any) -> httpx.AsyncClient:
+        """A client of a new console app; ``app`` goes to ``create_app`` (``trusted_proxies``,
+        ``login_limits``), except ``peer``: the client address the app sees (default
+        ``127.0.0.1``), and ``failed_login_delay`` (default the console's 0.5 s)."""
+        peer = app.pop("peer", "127.0.0.1")
+        delay = app.pop("failed_login_delay", None)
+        made = create_app(self.plane, secure=self.secure, reads=self.reads, **app)
+        if delay is not None:
+            made.state.console.failed_login_delay = delay
         base = BASE.replace("http:", "https:") if self.secure else BASE
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base)
+        transport = httpx.ASGITransport(app=made, client=(peer, 43210))
+        return httpx.AsyncClient(transport=transport, base_url=base)
 
     async def token(self, name: str, role: str) -> str:
         text, _record = await self.plane.auth.create(name, role, 0.0, "test")
@@ -89,9 +103,12 @@ async def console_env(tmp: Path, secure: bool = False) -> AsyncIterator[Env]:
         FAST,
     )
     await plane.start()
+    reads = open_reader(plane.db)
     try:
-        yield Env(tmp, plane, ring, secure)
+        yield Env(tmp, plane, ring, secure, reads)
     finally:
+        if reads is not None:
+            reads.close()
         await plane.stop()
 
 
