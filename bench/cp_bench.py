@@ -9,7 +9,9 @@ heartbeats), then measures in order:
 a. **connect**: seconds until every agent's first ack (the control plane registered its stream),
    then the control plane's CPU (``psutil`` ``cpu_times`` over a steady ``--window``) and RSS;
 b. **rollout**: a signed bundle published, ``StartRollout`` in 4 waves with zero bake, seconds
-   until the control plane counts every host applied and the rollout completed;
+   until the control plane counts every host applied and the rollout completed (its status is
+   read once a second, ``--status-every``, then every 50 ms once the simulator has sent every
+   ``ApplyResult``: each read costs the control plane a full agents read);
 c. **ingest**: every agent keeps 4 batches of ``--report-batch`` (10) reports in flight (closed
    loop); reports acked per second over ``--ingest-window`` (acked = durable: the control
    plane acks after its commit);
