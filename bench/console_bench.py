@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import re
 import statistics
 import sys
@@ -137,6 +138,9 @@ async def bench(args: argparse.Namespace, work: Path) -> int:
             await fill_storage(plane, args.agents)
         stored = len(await plane.store.run(plane.db.agents))
         token, _ = await plane.auth.create("bench", "viewer", 0.0, "bench")
+        if args.gc_freeze:
+            gc.collect()
+            gc.freeze()  # the fleet's long-lived objects leave the collector's generations
 
         def measure() -> tuple[list[float], list[float], int]:
             client = login(console.url.rstrip("/"), token)
@@ -183,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         "plane's one storage thread (the old way, for comparison)",
     )
     p.add_argument("--connect-timeout", type=float, default=600.0)
+    p.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="gc.freeze() once the fleet is connected, before measuring (diagnostic: how much "
+        "of the tail is full garbage collections walking the fleet's objects)",
+    )
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="console-bench-") as work:
         return asyncio.run(bench(args, Path(work)))
