@@ -60,6 +60,35 @@ def agent(r: sqlite3.Row) -> AgentRecord:
     )
 
 
+def agents_without_health(found: list[sqlite3.Row]) -> list[AgentRecord]:
+    """Agents with an empty ``health``, for readers that never look at it (a rollout step,
+    every tick). Each distinct labels text is parsed once: a fleet has few label sets and many
+    hosts, and parsing was most of the cost of reading 10,000 rows. Each record still gets its
+    own dict."""
+    parsed: dict[str, dict[str, str]] = {}
+    out = []
+    for r in found:
+        text = r["labels"]
+        labels = parsed.get(text)
+        if labels is None:
+            labels = parsed[text] = json.loads(text)
+        out.append(
+            AgentRecord(
+                host_id=r["host_id"],
+                labels=dict(labels),
+                agent_version=r["agent_version"],
+                bundle_digest=r["bundle_digest"],
+                bundle_version=r["bundle_version"],
+                last_seen=r["last_seen"],
+                connected=bool(r["connected"]),
+                last_assignment_seq=r["last_seq"],
+                health={},
+                replica=r["replica"],
+            )
+        )
+    return out
+
+
 def bundle_values(b: BundleRecord) -> tuple[Any, ...]:
     return (
         b.digest,

@@ -96,9 +96,9 @@ class SqliteStorage(ReportTables, AuthTables, PkiTables, DecisionTables):
             return [rows.agent(r) for r in self._query("SELECT * FROM agents ORDER BY host_id")]
         found = self._query(
             "SELECT host_id, labels, agent_version, bundle_digest, bundle_version, last_seen, "
-            "connected, last_seq, replica, '{}' AS health FROM agents ORDER BY host_id"
+            "connected, last_seq, replica FROM agents ORDER BY host_id"
         )
-        return [rows.agent(r) for r in found]
+        return rows.agents_without_health(found)
 
     # ---- bundles -----------------------------------------------------------------------------
 
