@@ -80,7 +80,7 @@ class AdminService(ApprovalsAdmin, admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ListRolloutsRequest, context: Context
     ) -> admin_pb2.ListRolloutsResponse:
         rollouts = await self.run(self.db.rollouts, request.active_only)
-        agents = await self.run(self.db.agents)
+        agents = await self.run(self.db.agents, False)  # labels only: no health JSON
         return admin_pb2.ListRolloutsResponse(
             rollouts=[await self._status(r, agents) for r in rollouts]
         )
@@ -100,7 +100,7 @@ class AdminService(ApprovalsAdmin, admin_pb2_grpc.AdminServicer):
         bundle: BundleRecord | None = await self.run(self.db.bundle, rollout.bundle_digest)
         hosts = await self.run(self.db.rollout_hosts, rollout.id)
         if agents is None:
-            agents = await self.run(self.db.agents)
+            agents = await self.run(self.db.agents, False)  # labels only: no health JSON
         matching = sum(1 for a in agents if matches(rollout.selector, a.labels))
         return convert.rollout_status(rollout, bundle, hosts, matching)
 
