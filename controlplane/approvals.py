@@ -53,6 +53,7 @@ from controlplane.plane import ControlPlane
 from controlplane.rollout_lease import decision_message
 from controlplane.storage.base import AgentRecord, Report, ReportQuery
 from controlplane.storage.base_decisions import DecisionRecord
+from controlplane.storage.runner import StorageThread
 
 DEFAULT_TTL = 300.0
 """How long a signed decision stays valid when the operator does not say."""
@@ -99,13 +100,15 @@ class DecideResult:
     message: str = ""
 
 
-async def pending(plane: ControlPlane) -> list[PendingApproval]:
+async def pending(plane: ControlPlane, reads: StorageThread | None = None) -> list[PendingApproval]:
     """Every approval still waiting: not decided, not expired, on a host the store knows;
-    oldest first (the one closest to expiry is usually the most urgent)."""
+    oldest first (the one closest to expiry is usually the most urgent). ``reads``: a read-only
+    storage thread to read through (the console's), else the plane's own."""
     now = plane.clock.now()
+    store = reads if reads is not None else plane.store
     query = ReportQuery(kind=KIND, since=now - LOOKBACK, limit=MAX_REPORTS)
-    reports = await plane.store.run(plane.db.reports, query)
-    hosts = {a.host_id: a for a in await plane.store.run(plane.db.agents, False)}
+    reports = await store.run(store.storage.reports, query)
+    hosts = {a.host_id: a for a in await store.run(store.storage.agents, False)}
     found = [
         _pending(r, body, plane, hosts[r.host_id], now)
         for r, body in _latest(reports).values()

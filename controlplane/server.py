@@ -177,7 +177,9 @@ async def start_console(
 
     host, port = args.console_listen
     cert, key = tls_files(args) if tls else (None, None)
-    console = ConsoleServer(plane, host, port, cert, key)
+    console = ConsoleServer(
+        plane, host, port, cert, key, trusted_proxies=args.console_trusted_proxy
+    )
     await console.start()
     print(f"stanch-cp console on {console.url}", flush=True)
     return console

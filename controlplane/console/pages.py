@@ -147,12 +147,12 @@ async def toil(console: Console, request: Request, session: Session) -> Response
 
 
 async def approvals_page(console: Console, request: Request, session: Session) -> Response:
-    waiting = await approvals.pending(console.plane)
+    waiting = await approvals.pending(console.plane, reads=console.reads)
     context = {"title": "Approvals", "pending": waiting}
     return console.render(request, "approvals.html", context, session=session)
 
 
 async def approvals_live(console: Console, request: Request, session: Session) -> Response:
     """The pending list alone, swapped in every two seconds by the page's script."""
-    waiting = await approvals.pending(console.plane)
+    waiting = await approvals.pending(console.plane, reads=console.reads)
     return console.render(request, "approvals_list.html", {"pending": waiting}, session=session)
