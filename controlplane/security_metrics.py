@@ -11,7 +11,8 @@ event loop and counts the certificates on the storage thread, at most every
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -44,46 +45,48 @@ def expiring_hosts(db: Storage, now: float, window: float = EXPIRY_WINDOW) -> in
     )
 
 
+def _counter(
+    name: str, text: str, labels: list[str], tally: Mapping[Any, int]
+) -> CounterMetricFamily:
+    """One counter family from a tally keyed by a label value (or a tuple of them)."""
+    family = CounterMetricFamily(name, text, labels=labels)
+    for key, count in tally.items():
+        family.add_metric(list(key) if isinstance(key, tuple) else [key], float(count))
+    return family
+
+
 def security_families(
     events: SecurityEvents,
 ) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-    enrollments = CounterMetricFamily(
+    yield _counter(
         "stanch_cp_enrollments",
         "Enroll calls by result: issued, or why refused (rate_limited, disabled, bad_csr, "
         "bad_token, token_used, token_expired, wrong_host, revoked).",
-        labels=["result"],
+        ["result"],
+        events.enrollments,
     )
-    for result, count in events.enrollments.items():
-        enrollments.add_metric([result], float(count))
-    yield enrollments
-    renewals = CounterMetricFamily(
+    yield _counter(
         "stanch_cp_certificate_renewals",
         "Renew calls by result: renewed, refused (no host certificate, or revoked), bad_csr, "
         "disabled.",
-        labels=["result"],
+        ["result"],
+        events.renewals,
     )
-    for result, count in events.renewals.items():
-        renewals.add_metric([result], float(count))
-    yield renewals
-    auth = CounterMetricFamily(
+    yield _counter(
         "stanch_cp_operator_authentications",
         "Operator calls by how the caller authenticated (token, certificate, insecure_dev, or "
         "none) and the result (ok, unauthenticated, permission_denied).",
-        labels=["method", "result"],
+        ["method", "result"],
+        events.authentications,
     )
-    for (method, result), count in events.authentications.items():
-        auth.add_metric([method, result], float(count))
-    yield auth
-    logins = CounterMetricFamily(
+    yield _counter(
         "stanch_cp_console_logins",
         "Web console login attempts by result: ok, bad_token (unknown, wrong, expired or "
         "revoked), forbidden (a role that may not use the console), rate_limited, csrf, "
         "bad_form.",
-        labels=["result"],
+        ["result"],
+        events.console_logins,
     )
-    for result, count in events.console_logins.items():
-        logins.add_metric([result], float(count))
-    yield logins
     yield GaugeMetricFamily(
         "stanch_cp_console_sessions",
         "Web console sessions open now (logged in, not expired; 0 without --console-listen).",

@@ -45,17 +45,21 @@ def agent_values(a: AgentRecord) -> tuple[Any, ...]:
     )
 
 
-def agent(r: sqlite3.Row) -> AgentRecord:
+def agent(
+    r: sqlite3.Row, labels: dict[str, str] | None = None, with_health: bool = True
+) -> AgentRecord:
+    """An agent row; ``labels`` already parsed by the caller, ``with_health=False`` for readers
+    that never look at the health summary."""
     return AgentRecord(
         host_id=r["host_id"],
-        labels=json.loads(r["labels"]),
+        labels=json.loads(r["labels"]) if labels is None else labels,
         agent_version=r["agent_version"],
         bundle_digest=r["bundle_digest"],
         bundle_version=r["bundle_version"],
         last_seen=r["last_seen"],
         connected=bool(r["connected"]),
         last_assignment_seq=r["last_seq"],
-        health=json.loads(r["health"]),
+        health=json.loads(r["health"]) if with_health else {},
         replica=r["replica"],
     )
 
@@ -72,20 +76,7 @@ def agents_without_health(found: list[sqlite3.Row]) -> list[AgentRecord]:
         labels = parsed.get(text)
         if labels is None:
             labels = parsed[text] = json.loads(text)
-        out.append(
-            AgentRecord(
-                host_id=r["host_id"],
-                labels=dict(labels),
-                agent_version=r["agent_version"],
-                bundle_digest=r["bundle_digest"],
-                bundle_version=r["bundle_version"],
-                last_seen=r["last_seen"],
-                connected=bool(r["connected"]),
-                last_assignment_seq=r["last_seq"],
-                health={},
-                replica=r["replica"],
-            )
-        )
+        out.append(agent(r, dict(labels), with_health=False))
     return out
 
 
