@@ -151,15 +151,12 @@ def _pending(
 def streaming_elsewhere(plane: ControlPlane, agent: AgentRecord | None, now: float) -> str:
     """The other replica that holds ``agent``'s stream, or "" (none, or this one).
 
-    As the fleet view judges it: stored as connected and heard from within ``lost_after`` (a
-    replica killed without its stop leaves its agents' rows connected; such a host counts as
-    connected nowhere until it streams again). Heartbeats reach the store through the holding
-    replica's presence flush; silence counts only since this replica started."""
-    if agent is None or not agent.connected or agent.replica in ("", plane.settings.holder):
+    As the fleet view judges it (``Timing.connected``): a replica killed without its stop leaves
+    its agents' rows connected; such a host counts as connected nowhere until it streams again.
+    Heartbeats reach the store through the holding replica's presence flush."""
+    if agent is None or agent.replica in ("", plane.settings.holder):
         return ""
-    timing = plane.engine.timing
-    seen = max(agent.last_seen, timing.alive_floor)
-    return agent.replica if now - seen <= timing.lost_after else ""
+    return agent.replica if plane.engine.timing.connected(agent, now) else ""
 
 
 async def decide(
@@ -213,10 +210,10 @@ async def decide(
         reason=reason,
     )
     envelope = sign_decision(plane, decision)
+    queued: DecisionRecord | None = None
     if conn is not None:
         if not conn.send(decision_message(envelope)):
             raise Refused(f"{host_id}: its stream closed as the decision was sent; retry")
-        answer = await _answer(plane, host_id, decision.nonce, wait)
     else:
         queued = DecisionRecord(
             host_id=host_id,
@@ -228,9 +225,9 @@ async def decide(
             queued_by=plane.settings.holder,
         )
         await plane.store.run(plane.db.queue_decision, queued)
-        answer = await _answer(plane, host_id, decision.nonce, wait)
-        if answer is None:
-            await _withdraw_unsent(plane, queued, via, wait)
+    answer = await _answer(plane, host_id, decision.nonce, wait)
+    if answer is None and queued is not None:
+        await _withdraw_unsent(plane, queued, via, wait)
     result = DecideResult(
         host_id=host_id,
         approval_id=decision.approval_id,

@@ -153,12 +153,8 @@ class _Context:
     timing: Timing
 
     def connected(self, agent: AgentRecord) -> bool:
-        """Stored as connected and heard from within ``lost_after``: a replica killed without
-        its stop leaves its agents' rows connected until they stream to another replica. As
-        for the rollout gates, silence counts only since this replica started."""
-        live = self.live.get(agent.host_id, 0.0)
-        seen = max(agent.last_seen, live, self.timing.alive_floor)
-        return agent.connected and self.now - seen <= self.timing.lost_after
+        """``Timing.connected``, with the heartbeats this replica has not flushed yet."""
+        return self.timing.connected(agent, self.now, self.live.get(agent.host_id, 0.0))
 
     def stale(self, agent: AgentRecord) -> bool:
         bundle = self.bundles.get(agent.bundle_digest)

@@ -43,6 +43,14 @@ class Timing:
     alive_floor: float = 0.0
     """When this control plane started: silence while it was down is not the hosts' fault."""
 
+    def connected(self, agent: AgentRecord, now: float, heard: float = 0.0) -> bool:
+        """Stored as connected and heard from within ``lost_after`` (``heard``: a newer time
+        this replica knows of, e.g. a heartbeat not flushed yet). A replica killed without its
+        stop leaves its agents' rows connected until they stream to another replica; silence
+        counts only since this replica started."""
+        seen = max(agent.last_seen, heard, self.alive_floor)
+        return agent.connected and now - seen <= self.lost_after
+
 
 @dataclass(frozen=True)
 class Step:
