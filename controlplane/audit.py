@@ -122,6 +122,9 @@ class VerifyResult:
     anchor_checked: bool = False
 
 
+HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+
+
 @dataclass(frozen=True)
 class Anchor:
     """An entry known from outside the control plane: its seq and hash (``SEQ:HASH``)."""
@@ -141,9 +144,6 @@ class Anchor:
 
     def __str__(self) -> str:
         return f"{self.seq}:{self.hash}"
-
-
-HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class ChainCheck:
