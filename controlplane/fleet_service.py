@@ -96,14 +96,17 @@ class FleetService(fleet_pb2_grpc.FleetServicer):
             if reader is not None:
                 reader.cancel()
             if plane.connections.release(conn):
-                await plane.store.run(
-                    plane.db.set_connected,
-                    hello.host_id,
-                    False,
-                    plane.clock.now(),
-                    plane.settings.holder,
-                )
-                log.info("agent %s disconnected", hello.host_id)
+                # An agent that goes away cancels this handler, and grpc may cancel it again while
+                # this cleanup waits: the write, not yet started on the storage thread, would be
+                # dropped and the host left "connected" (seen under uvloop). Shielded, like the
+                # audit write in auth_interceptor, it completes whatever happens to the handler.
+                await asyncio.shield(self._disconnected(hello.host_id))
+
+    async def _disconnected(self, host_id: str) -> None:
+        plane = self.plane
+        now, holder = plane.clock.now(), plane.settings.holder
+        await plane.store.run(plane.db.set_connected, host_id, False, now, holder)
+        log.info("agent %s disconnected", host_id)
 
     async def _hello(
         self, requests: AsyncIterator[fleet_pb2.AgentMessage], context: Context
